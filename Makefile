@@ -1,0 +1,36 @@
+# The README's two commands: `make report` and `make test`.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+CORES  ?= 4
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup report test lint bench clean
+
+setup: $(STAMP)
+
+# Editable install with pinned dependencies. torch==2.13.0 is a CPU build
+# locally; on a CUDA machine, install your torch first and pip keeps it.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+report: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores $(CORES) report
+
+test: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -ra
+
+lint: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --lint
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python benchmarks/scan.py --json results/benchmarks/scan.json
+	$(BIN)/python benchmarks/ablations.py --json results/benchmarks/ablations.json
+	$(BIN)/python benchmarks/metrics.py --json results/benchmarks/metrics.json
+
+clean:
+	rm -rf results/* .snakemake

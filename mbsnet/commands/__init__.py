@@ -1,0 +1,1 @@
+"""Sub-commands of the `mbsnet` command line, one module each (discovered automatically)."""

@@ -1,0 +1,107 @@
+"""Load, validate and resolve config.yaml against the package's JSON schema."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .errors import ConfigError
+
+SCHEMA_FILE = "config.schema.yaml"
+
+
+def load_schema() -> dict:
+    """The config schema shipped in the package (also used by the Snakemake workflow)."""
+    text = resources.files("mbsnet.schemas").joinpath(SCHEMA_FILE).read_text()
+    return yaml.safe_load(text)
+
+
+def _with_defaults(validator_class):
+    """A validator class that also fills in `default` values of the schema."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    path = ".".join(str(p) for p in error.absolute_path)
+    return path or "<top level>"
+
+
+def validate_config(config: Mapping[str, Any], source: str = "config") -> dict:
+    """Validate a config mapping, fill defaults, and return the resolved copy.
+
+    Raises ConfigError naming the offending key (e.g. ``training.epochz``).
+    """
+    resolved = copy.deepcopy(dict(config))
+    schema = load_schema()
+    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
+    errors = sorted(validator.iter_errors(resolved), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"  {_key_path(e)}: {e.message}" for e in errors[:10]]
+        raise ConfigError(f"{source} is not a valid mbsnet config:\n" + "\n".join(lines))
+    baseline = resolved.get("report", {}).get("baseline")
+    if baseline is not None and baseline not in resolved["ablations"] and "baseline" in (config.get("report") or {}):
+        raise ConfigError(
+            f"{source}: report.baseline '{baseline}' is not one of the ablations "
+            f"({', '.join(resolved['ablations'])})"
+        )
+    return resolved
+
+
+def load_config(path: str | Path) -> dict:
+    """Read a YAML config file, validate it and fill defaults."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return validate_config(raw, source=str(path))
+
+
+def ablation_config(config: Mapping[str, Any], name: str) -> dict:
+    """The resolved settings of one ablation, with its training overrides merged in."""
+    ablations = config["ablations"]
+    if name not in ablations:
+        raise ConfigError(f"unknown ablation '{name}'; configured: {', '.join(ablations)}")
+    entry = ablations[name]
+    training = _deep_merge(config.get("training", {}), entry.get("training", {}))
+    return {"name": name, "claimed_params": entry.get("claimed_params"),
+            "model": copy.deepcopy(entry["model"]), "training": training}
+
+
+def _deep_merge(base: Mapping, override: Mapping) -> dict:
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """A short stable hash of a resolved config (for provenance)."""
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
