@@ -13,7 +13,9 @@ from .errors import MbsnetError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mbsnet", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="mbsnet", description="Band-split speech enhancement ablations: models, data, "
+        "training, evaluation, profiling and the comparison report.")
     parser.add_argument("--version", action="version", version=f"mbsnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
