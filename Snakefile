@@ -1,0 +1,26 @@
+# mbsnet: every configured ablation through data preparation, a pre-flight profile,
+# training, evaluation and the comparison report.
+#   snakemake --cores 4 report        (locally)
+#   snakemake --profile slurm          (on a SLURM cluster, see README)
+from snakemake.utils import min_version
+
+min_version("9.20")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        "results/report.html",
+
+
+include: "workflow/rules/data.smk"
+include: "workflow/rules/profile.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"

@@ -1,0 +1,82 @@
+# Config validation, wildcard constraints and small helpers shared by every rule.
+import json
+import re
+from pathlib import Path
+
+from snakemake.utils import validate
+
+from mbsnet.config import ablation_config, config_hash, validate_config
+
+
+# The package's check first: same schema, but errors name the key path (data.source) and
+# cross-key checks (report.baseline) are added. Snakemake's own validation then fills defaults.
+validate_config(config, source="config")
+validate(config, "../schemas/config.schema.yaml", set_default=True)
+
+RESERVED_NAMES = {"data", "noisy", "logs", "benchmarks", "config"}
+ABLATIONS = list(config["ablations"])
+SEEDS = [str(seed) for seed in config["seeds"]]
+THREADS = config["resources"]["threads"]
+ENV = "../../envs/mbsnet.yaml"
+MANIFEST = "results/data/manifest.tsv"
+
+_clash = RESERVED_NAMES.intersection(ABLATIONS)
+if _clash:
+    raise ValueError(
+        f"config: ablations.{sorted(_clash)[0]}: this name is reserved for a results folder; "
+        "choose another ablation name"
+    )
+
+
+wildcard_constraints:
+    ablation="|".join(re.escape(name) for name in ABLATIONS),
+    seed="|".join(SEEDS),
+
+
+def resolved_config_path():
+    """The validated config with defaults, written once per change for the mbsnet commands."""
+    path = Path("results/config/resolved.yaml")
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    if not path.exists() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return str(path)
+
+
+RESOLVED_CONFIG = resolved_config_path()
+
+
+def dataset_input(wildcards):
+    """The user's dataset folder (ancient: its mtime never triggers a rerun), if any."""
+    if config["data"]["source"] == "voicebank" and config["data"]["root"]:
+        return ancient(config["data"]["root"])
+    return []
+
+
+def data_settings(wildcards):
+    """Rerun trigger for data preparation: only the data section matters."""
+    return config_hash(config["data"])
+
+
+def ablation_settings(wildcards):
+    """Rerun trigger for one ablation: its model and merged training settings only."""
+    return config_hash(ablation_config(config, wildcards.ablation))
+
+
+def evaluation_settings(wildcards):
+    return config_hash(config["evaluation"])
+
+
+def run_dir(wildcards):
+    return f"results/{wildcards.ablation}/seed{wildcards.seed}"
+
+
+def all_runs(pattern):
+    """`pattern` expanded over every configured ablation and seed."""
+    return expand(pattern, ablation=ABLATIONS, seed=SEEDS)
+
+
+def report_settings(wildcards):
+    return config_hash(config)

@@ -1,0 +1,51 @@
+rule evaluate:
+    input:
+        model="results/{ablation}/seed{seed}/model.pt",
+        manifest=MANIFEST,
+    output:
+        metrics=report(
+            "results/{ablation}/seed{seed}/eval/metrics.tsv",
+            category="Evaluation",
+            labels={"ablation": "{ablation}", "seed": "{seed}", "table": "per-utterance metrics"},
+        ),
+        summary="results/{ablation}/seed{seed}/eval/summary.json",
+    params:
+        out=subpath(output.metrics, parent=True),
+        settings=evaluation_settings,
+        wavs="--save-wavs" if config["evaluation"]["save_wavs"] else "",
+        workers=config["evaluation"]["workers"],
+    log:
+        "results/logs/evaluate/{ablation}_seed{seed}.log",
+    benchmark:
+        "results/benchmarks/evaluate/{ablation}_seed{seed}.tsv"
+    threads: THREADS
+    conda:
+        ENV
+    shell:
+        "mbsnet evaluate --model {input.model} --data {input.manifest} --out {params.out}"
+        " --workers {params.workers} {params.wavs} > {log} 2>&1"
+
+
+rule evaluate_noisy:
+    input:
+        manifest=MANIFEST,
+    output:
+        metrics=report(
+            "results/noisy/eval/metrics.tsv",
+            category="Evaluation",
+            labels={"ablation": "noisy", "seed": "-", "table": "per-utterance metrics"},
+        ),
+        summary="results/noisy/eval/summary.json",
+    params:
+        out=subpath(output.metrics, parent=True),
+        workers=config["evaluation"]["workers"],
+    log:
+        "results/logs/evaluate/noisy.log",
+    benchmark:
+        "results/benchmarks/evaluate/noisy.tsv"
+    threads: THREADS
+    conda:
+        ENV
+    shell:
+        "mbsnet evaluate --noisy --data {input.manifest} --out {params.out}"
+        " --workers {params.workers} > {log} 2>&1"

@@ -1,0 +1,21 @@
+rule report:
+    input:
+        evals=all_runs("results/{ablation}/seed{seed}/eval/metrics.tsv"),
+        train=all_runs("results/{ablation}/seed{seed}/train_summary.json"),
+        profiles=expand("results/{ablation}/profile.json", ablation=ABLATIONS),
+        noisy="results/noisy/eval/metrics.tsv",
+    output:
+        html=report("results/report.html", category="Report", labels={"file": "report"}),
+        tsv=report("results/summary.tsv", category="Report", labels={"file": "summary table"}),
+        md="results/summary.md",
+    params:
+        config=RESOLVED_CONFIG,
+        settings=report_settings,
+    log:
+        "results/logs/report.log",
+    benchmark:
+        "results/benchmarks/report.tsv"
+    conda:
+        ENV
+    shell:
+        "mbsnet report --config {params.config} --results results --out {output.html} > {log} 2>&1"
