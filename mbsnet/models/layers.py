@@ -1,0 +1,122 @@
+"""Residual layers over the band features ``z: [B, N, T, K]`` (N channels, T frames, K bands).
+
+Each layer maps z to ``z + f(z)`` with f a sequence model along one axis:
+``time`` runs within each band over the frames (sequences ``[B*K, T, N]``),
+``band`` runs across the bands of each frame (sequences ``[B*T, K, N]``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .initialization import init_linear_, init_lstm_
+from .mamba import MambaBlock
+from .spec import BlockSpec
+
+
+def to_sequences(z: torch.Tensor, axis: str) -> torch.Tensor:
+    """``[B, N, T, K]`` -> ``[B*K, T, N]`` (axis time) or ``[B*T, K, N]`` (axis band)."""
+    batch, channels, frames, bands = z.shape
+    if axis == "time":
+        return z.permute(0, 3, 2, 1).reshape(batch * bands, frames, channels)
+    return z.permute(0, 2, 3, 1).reshape(batch * frames, bands, channels)
+
+
+def from_sequences(seq: torch.Tensor, axis: str, shape: torch.Size) -> torch.Tensor:
+    """Inverse of :func:`to_sequences` for a z of the given ``shape``."""
+    batch, channels, frames, bands = shape
+    if axis == "time":
+        return seq.reshape(batch, bands, frames, channels).permute(0, 3, 2, 1)
+    return seq.reshape(batch, frames, bands, channels).permute(0, 3, 1, 2)
+
+
+def reverse(seq: torch.Tensor) -> torch.Tensor:
+    """Reverse sequences ``[S, L, N]`` along L."""
+    return torch.flip(seq, dims=[1])
+
+
+class LSTMLayer(nn.Module):
+    """BSRNN block: GroupNorm(1,N) -> LSTM(N, 2N) along the axis -> Linear -> residual.
+
+    Bidirectional: LSTM in both directions and Linear(4N, N); else Linear(2N, N).
+    """
+
+    def __init__(self, channels: int, axis: str, bidirectional: bool) -> None:
+        super().__init__()
+        self.axis = axis
+        self.norm = nn.GroupNorm(1, channels)
+        self.rnn = init_lstm_(nn.LSTM(channels, 2 * channels, batch_first=True,
+                                      bidirectional=bidirectional))
+        directions = 2 if bidirectional else 1
+        self.proj = init_linear_(nn.Linear(directions * 2 * channels, channels))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        seq, _ = self.rnn(to_sequences(self.norm(z), self.axis))
+        return z + from_sequences(self.proj(seq), self.axis, z.shape)
+
+
+class MambaLayer(nn.Module):
+    """One unidirectional Mamba block along the axis (its pre-norm and residual included)."""
+
+    def __init__(self, channels: int, axis: str, d_state: int, expand: int) -> None:
+        super().__init__()
+        self.axis = axis
+        self.block = MambaBlock(channels, d_state, expand)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return from_sequences(self.block(to_sequences(z, self.axis)), self.axis, z.shape)
+
+
+class BiMambaLayer(nn.Module):
+    """LayerNorm, then a forward Mamba block and a second block on the reversed
+    sequence (flipped back); concat -> Linear(2N, N) -> residual with the layer input."""
+
+    def __init__(self, channels: int, axis: str, d_state: int, expand: int) -> None:
+        super().__init__()
+        self.axis = axis
+        self.norm = nn.LayerNorm(channels)
+        self.forward_block = MambaBlock(channels, d_state, expand)
+        self.backward_block = MambaBlock(channels, d_state, expand)
+        self.merge = init_linear_(nn.Linear(2 * channels, channels))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = to_sequences(z, self.axis)
+        y = self.norm(x)
+        both = torch.cat([self.forward_block(y), reverse(self.backward_block(reverse(y)))], dim=-1)
+        return from_sequences(x + self.merge(both), self.axis, z.shape)
+
+
+class FeatureMLPLayer(nn.Module):
+    """``z + GELU(LayerNorm(Linear(N, N)(z)))`` on the channel dim of every (frame, band).
+
+    This is the optimized variant's "cross-band MLP": it mixes the N features of each
+    band, not the bands, so its axis has no effect.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.fc = init_linear_(nn.Linear(channels, channels))
+        self.norm = nn.LayerNorm(channels)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = z.permute(0, 2, 3, 1)
+        return z + F.gelu(self.norm(self.fc(x))).permute(0, 3, 1, 2)
+
+
+def build_layer(block: BlockSpec, channels: int) -> nn.Module:
+    """The residual layer a block spec describes."""
+    if block.type == "lstm":
+        return LSTMLayer(channels, block.axis, block.bidirectional)
+    if block.type == "mamba":
+        layer = BiMambaLayer if block.bidirectional else MambaLayer
+        return layer(channels, block.axis, block.d_state, block.expand)
+    if block.type == "mlp":
+        return FeatureMLPLayer(channels)
+    raise ValueError(f"unknown block type {block.type!r}")
+
+
+def uses_mamba(layer: nn.Module) -> bool:
+    """True for the layers gradient checkpointing wraps."""
+    return isinstance(layer, MambaLayer | BiMambaLayer)

@@ -1,0 +1,63 @@
+"""BandSplitNet: band split -> residual sequence layers -> 3-tap mask decoder.
+
+One class for every ablation; :func:`build_model` makes it from the model settings
+of config.yaml (``ablations.<name>.model``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .bandsplit import BandSplit
+from .decoder import MaskDecoder, apply_mask
+from .layers import build_layer, uses_mamba
+from .spec import ModelSpec, parse_model_config
+
+
+class BandSplitNet(nn.Module):
+    """Complex STFT ``[B, 257, T]`` (from :func:`mbsnet.audio.stft`) -> enhanced STFT.
+
+    Top-level modules: ``band_split``, ``layers`` (in the order applied),
+    ``final_norm`` (LayerNorm over channels; only when configured) and ``decoder``.
+    Under bf16 autocast the STFT input and the complex mask stay float32 (and the
+    Mamba scan runs in float32). With ``gradient_checkpointing`` every Mamba layer
+    recomputes its activations in backward during training.
+    """
+
+    def __init__(self, spec: ModelSpec, *, gradient_checkpointing: bool = False) -> None:
+        super().__init__()
+        self.spec = spec
+        self.gradient_checkpointing = gradient_checkpointing
+        self.band_split = BandSplit(spec.channels)
+        self.layers = nn.ModuleList(build_layer(block, spec.channels) for block in spec.layers)
+        self.final_norm = nn.LayerNorm(spec.channels) if spec.final_norm else None
+        self.decoder = MaskDecoder(spec.channels, spec.decoder)
+
+    def encode(self, spec: torch.Tensor) -> torch.Tensor:
+        """The band features after all layers (and the final norm): ``[B, N, T, 31]``."""
+        z = self.band_split(spec)
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        for layer in self.layers:
+            if checkpointing and uses_mamba(layer):
+                z = checkpoint(layer, z, use_reentrant=False)
+            else:
+                z = layer(z)
+        if self.final_norm is not None:
+            z = self.final_norm(z.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return z
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        if not spec.is_complex() or spec.dim() != 3:
+            raise ValueError(f"expected a complex STFT [batch, bins, frames], got "
+                             f"{tuple(spec.shape)} {spec.dtype}")
+        return apply_mask(spec, self.decoder(self.encode(spec)))
+
+
+def build_model(model_cfg: dict[str, Any], *, gradient_checkpointing: bool = False) -> BandSplitNet:
+    """The network for one ablation's model settings; raises ConfigError naming the bad key."""
+    return BandSplitNet(parse_model_config(model_cfg),
+                        gradient_checkpointing=gradient_checkpointing)
