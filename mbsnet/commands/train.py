@@ -1,0 +1,28 @@
+"""`mbsnet train`: train one ablation with one seed (resumes automatically)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = ("Train one ablation with one seed; a rerun resumes from OUT/checkpoint/last.pt. "
+        "Writes OUT/model.pt, OUT/train_log.jsonl and OUT/train_summary.json.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="config.yaml (or the resolved config)")
+    parser.add_argument("--ablation", required=True, help="an ablation name from the config")
+    parser.add_argument("--seed", type=int, required=True, help="random seed")
+    parser.add_argument("--out", required=True, help="run directory, e.g. results/NAME/seed0")
+    parser.add_argument("--data", default="results/data/manifest.tsv",
+                        help="data manifest (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default: resources.threads of the config)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..config import load_config
+    from ..train.loop import train
+
+    config = load_config(args.config)
+    train(config, args.ablation, args.seed, args.out, args.data, threads=args.threads)
+    return 0

@@ -1,0 +1,26 @@
+"""Training: the BSRNN/MetricGAN recipe for any ablation, resumable and NaN-safe.
+
+- :mod:`.losses` the generator and discriminator losses
+- :mod:`.discriminator_targets` batch PESQ in worker processes
+- :mod:`.trainer` :class:`Trainer`: models, optimizers, schedulers, one training step
+- :mod:`.checkpoint` full checkpoints and RNG states
+- :mod:`.loop` :func:`train`: a whole run with validation, logging and outputs
+
+Submodules load on first use (PESQ worker processes import this package, and need
+none of it).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {"Trainer": "trainer", "train": "loop"}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,427 @@
+"""A whole training run: epochs, validation, logging, checkpoints, resume, final outputs.
+
+Layout of one run directory ``OUT`` (docs/results.md):
+
+- ``OUT/checkpoint/last.pt`` full checkpoint, written at every epoch end and every
+  ``training.checkpoint_minutes``; a rerun resumes from it. ``OUT/checkpoint/best.pt``:
+  the generator of the best epoch (``model.pt`` format). ``OUT/checkpoint/train_log.jsonl``:
+  the live log. None of these are workflow outputs, so a failed job keeps them.
+- ``OUT/model.pt``, ``OUT/train_log.jsonl``, ``OUT/train_summary.json``: written atomically
+  once the last epoch is done.
+
+In the log and summary, epochs are counted from 1 and ``step`` is the number of training
+steps done in the whole run (so the first step is 1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..atomic import write_json, write_text
+from ..audio import istft, stft
+from ..config import ablation_config, config_hash
+from ..data.datasets import EvalDataset, TrainDataset
+from ..device import describe, peak_memory_mb, reset_peak_memory, select_device, set_threads
+from ..errors import DataError, MbsnetError
+from ..models import count_parameters, save_model
+from .checkpoint import RunState, load_checkpoint, save_checkpoint, set_rng_state
+from .losses import reconstruction_loss
+from .trainer import Trainer
+
+#: Training keys that do not change what is computed: a checkpoint stays valid across them.
+OPERATIONAL_KEYS = ("checkpoint_minutes", "pesq_workers", "max_bad_steps", "device")
+#: At most about this many step lines per epoch in the log and the plain progress output.
+STEP_LINES_PER_EPOCH = 50
+
+StepCallback = Callable[[RunState], None]
+
+
+class RunPaths:
+    """The files of one run directory."""
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.out = Path(out_dir)
+        self.checkpoint_dir = self.out / "checkpoint"
+        self.last = self.checkpoint_dir / "last.pt"
+        self.best = self.checkpoint_dir / "best.pt"
+        self.live_log = self.checkpoint_dir / "train_log.jsonl"
+        self.model = self.out / "model.pt"
+        self.log = self.out / "train_log.jsonl"
+        self.summary = self.out / "train_summary.json"
+
+
+def train(config: Mapping[str, Any], ablation: str, seed: int, out_dir: str | Path,
+          manifest: str | Path, *, threads: int | None = None,
+          on_step: StepCallback | None = None) -> dict[str, Any]:
+    """Train one ablation with one seed into ``out_dir``, resuming from its checkpoint if
+    there is one; returns the summary written to train_summary.json.
+
+    ``on_step`` is called with the run state after every step (and after any checkpoint
+    that step triggered); tests use it to interrupt a run.
+    """
+    ablation_cfg = ablation_config(config, ablation)
+    settings = ablation_cfg["training"]
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise DataError(f"data manifest {manifest} does not exist; run `mbsnet prepare` first "
+                        "(or pass --data)")
+    paths = RunPaths(out_dir)
+    _check_writable(paths.checkpoint_dir)
+
+    device = select_device(settings["device"])
+    set_threads(threads or config["resources"]["threads"])
+    train_set = TrainDataset(manifest, split="train", crop_seconds=settings["crop_seconds"],
+                             seed=seed)
+    valid_set = EvalDataset(manifest, split=settings["validate_on"])
+    for name, dataset in (("train", train_set), (settings["validate_on"], valid_set)):
+        if len(dataset) == 0:
+            raise DataError(f"{manifest} has no utterances in the '{name}' split")
+
+    identity = config_hash({"ablation": ablation_cfg["name"], "model": ablation_cfg["model"],
+                            "training": {k: v for k, v in settings.items()
+                                         if k not in OPERATIONAL_KEYS},
+                            "seed": seed, "data": _file_digest(manifest)})
+    seed_everything(seed)
+    with Trainer(ablation_cfg, config, device) as trainer:
+        run = _Run(trainer, ablation_cfg, config, seed, paths, identity, train_set, valid_set,
+                   on_step)
+        return run.execute()
+
+
+def seed_everything(seed: int) -> None:
+    """Seed the torch (CPU and CUDA), numpy and python RNGs."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def epoch_batches(n_items: int, batch_size: int, steps: int, seed: int,
+                  epoch: int) -> list[list[int]]:
+    """The item indices of every batch of an epoch: shuffled passes over the training set
+    (as many as ``steps`` batches need), fixed by ``seed`` and ``epoch`` alone."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order: list[int] = []
+    while len(order) < steps * batch_size:
+        order += torch.randperm(n_items, generator=generator).tolist()
+    return [order[i * batch_size:(i + 1) * batch_size] for i in range(steps)]
+
+
+def steps_per_epoch(settings: Mapping[str, Any], n_items: int) -> int:
+    """``training.steps_per_epoch``, or one pass over the training set when it is null."""
+    return settings["steps_per_epoch"] or max(1, n_items // settings["batch_size"])
+
+
+class _Run:
+    """The state and steps of one call of :func:`train`."""
+
+    def __init__(self, trainer: Trainer, ablation_cfg: dict[str, Any],
+                 config: Mapping[str, Any], seed: int, paths: RunPaths, identity: str,
+                 train_set: TrainDataset, valid_set: EvalDataset,
+                 on_step: StepCallback | None) -> None:
+        self.trainer, self.ablation_cfg, self.config = trainer, ablation_cfg, config
+        self.settings = ablation_cfg["training"]
+        self.name = ablation_cfg["name"]
+        self.seed, self.paths, self.identity = seed, paths, identity
+        self.train_set, self.valid_set = train_set, valid_set
+        self.on_step = on_step
+        self.epochs = self.settings["epochs"]
+        self.steps = steps_per_epoch(self.settings, len(train_set))
+        self.log_every = max(1, self.steps // STEP_LINES_PER_EPOCH)
+        self.run = RunState()
+        self.saved_at: tuple[int, int] | None = None  # (epoch, global step) of last.pt
+        self.progress = _Progress(f"{self.name} seed{seed}", self.steps, self.log_every)
+
+    # -- the run ----------------------------------------------------------------------
+
+    def execute(self) -> dict[str, Any]:
+        self._resume_or_start()
+        self.session_start = time.monotonic()
+        self.wall_before = self.run.wall_seconds
+        self.last_save_time = self.session_start
+        if self.trainer.autocast_dtype is None and self.settings["precision"] != "fp32":
+            self.progress.note(f"precision {self.settings['precision']} needs CUDA; "
+                               f"training in float32 on {self.trainer.device.type}")
+        self.progress.note(f"training {self.name} seed {self.seed} on "
+                           f"{describe(self.trainer.device)}: {self.epochs} epochs x "
+                           f"{self.steps} steps, batch {self.settings['batch_size']}")
+        while self.run.epoch < self.epochs:
+            self._train_epoch()
+        return self._write_outputs()
+
+    def _resume_or_start(self) -> None:
+        if self.paths.last.is_file():
+            checkpoint = load_checkpoint(self.paths.last)
+            if checkpoint["identity"] == self.identity:
+                self.trainer.load_state_dict(checkpoint["trainer"])
+                set_rng_state(checkpoint["rng"])
+                self.run = checkpoint["run"]
+                self.run.resumed += 1
+                self.saved_at = (self.run.epoch, self.run.global_step)
+                self.log = _JsonlLog(self.paths.live_log, truncate_to=self.run.log_bytes)
+                self.log.write({"kind": "resume", "epoch": self.run.epoch + 1,
+                                "step": self.run.global_step, "from": str(self.paths.last)})
+                self.progress.note(f"resuming from {self.paths.last}: epoch "
+                                   f"{self.run.epoch + 1}, step {self.run.step} of "
+                                   f"{self.steps} ({self.run.global_step} done)")
+                return
+            self.progress.note(f"{self.paths.last} was written with other settings, seed or "
+                               "data; starting from scratch")
+        self.paths.best.unlink(missing_ok=True)
+        self.log = _JsonlLog(self.paths.live_log, truncate_to=0)
+
+    def _train_epoch(self) -> None:
+        run, trainer = self.run, self.trainer
+        if run.step == 0:
+            run.start_epoch()
+            reset_peak_memory(trainer.device)
+        self.epoch_start = time.monotonic()
+        self.train_set.set_epoch(run.epoch)
+        batches = epoch_batches(len(self.train_set), self.settings["batch_size"], self.steps,
+                                self.seed, run.epoch)
+        use_metric_loss = run.epoch >= self.settings["metricgan_from"] * self.epochs
+        self.progress.start_epoch(run.epoch, self.epochs, run.step)
+        while run.step < self.steps:
+            clean, noisy = self._batch(batches[run.step])
+            started = time.monotonic()
+            result = trainer.train_step(clean, noisy, use_metric_loss)
+            self._record_step(result, time.monotonic() - started)
+            if run.step < self.steps and self._checkpoint_due():
+                self._save_last()
+            if self.on_step is not None:
+                self.on_step(run)
+        self.progress.end_epoch()
+        self._end_epoch(use_metric_loss)
+
+    def _batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        items = [self.train_set[i] for i in indices]
+        return (torch.stack([torch.as_tensor(clean) for clean, _ in items]),
+                torch.stack([torch.as_tensor(noisy) for _, noisy in items]))
+
+    def _record_step(self, result: dict[str, Any], seconds: float) -> None:
+        run = self.run
+        run.step += 1
+        run.global_step += 1
+        if result["skipped"]:
+            run.skipped_steps += 1
+            run.epoch_skipped += 1
+            run.bad_streak += 1
+        else:
+            run.bad_streak = 0
+            run.epoch_loss_sum += result["gen_loss"]
+            run.epoch_loss_count += 1
+            if result["disc_loss"] is None:
+                run.disc_skipped_steps += 1
+                run.epoch_disc_skipped += 1
+        line = {"kind": "step", "epoch": run.epoch + 1, "step": run.global_step,
+                "gen_loss": _finite_or_none(result["gen_loss"]), "disc_loss": result["disc_loss"],
+                "lr": self.trainer.lr, "step_seconds": round(seconds, 4),
+                "skipped": result["skipped"]}
+        reason = result["reason"] or result["disc_reason"]
+        if reason:
+            line["reason"] = reason
+        if result["skipped"] or run.step % self.log_every == 0 or run.step == self.steps:
+            self.log.write(line)
+        self.progress.step(line)
+        if run.bad_streak >= self.settings["max_bad_steps"]:
+            raise MbsnetError(self._bad_streak_message(result["reason"]))
+
+    def _bad_streak_message(self, reason: str) -> str:
+        run = self.run
+        where = (f"{self.paths.last} (epoch {self.saved_at[0] + 1}, after step "
+                 f"{self.saved_at[1]}); a rerun resumes from it" if self.saved_at else
+                 "none: no checkpoint was written before the failure")
+        return (f"training stopped at epoch {run.epoch + 1}, step {run.global_step}: "
+                f"{run.bad_streak} consecutive steps had a non-finite loss or gradient "
+                f"(training.max_bad_steps = {self.settings['max_bad_steps']}; last: {reason}). "
+                f"Last good checkpoint: {where}. Consider a lower training.lr or "
+                "precision: fp32.")
+
+    def _end_epoch(self, use_metric_loss: bool) -> None:
+        run, trainer = self.run, self.trainer
+        val_loss, val_pesq = validate(trainer, self.valid_set)
+        train_loss = (run.epoch_loss_sum / run.epoch_loss_count
+                      if run.epoch_loss_count else None)
+        line = {"kind": "epoch", "epoch": run.epoch + 1, "gen_loss": train_loss,
+                "val_loss": _finite_or_none(val_loss), "val_pesq": _finite_or_none(val_pesq),
+                "lr": trainer.lr, "seconds": round(time.monotonic() - self.epoch_start, 3),
+                "peak_memory_mb": round(peak_memory_mb(trainer.device), 1),
+                "skipped_steps": run.epoch_skipped, "disc_skipped": run.epoch_disc_skipped,
+                "metric_loss": use_metric_loss}
+        self.log.write(line)
+        self.progress.epoch_line(line)
+        trainer.end_epoch()
+        score = val_pesq if self.settings["best_key"] == "val_pesq" else val_loss
+        if _better(score, run.best_score, higher=self.settings["best_key"] == "val_pesq"):
+            run.best_score, run.best_epoch = score, run.epoch + 1
+            self._save_model(self.paths.best)
+        run.epoch += 1
+        run.step = 0
+        self._save_last()
+
+    # -- files ------------------------------------------------------------------------
+
+    def _checkpoint_due(self) -> bool:
+        return time.monotonic() - self.last_save_time >= self.settings["checkpoint_minutes"] * 60
+
+    def _save_last(self) -> None:
+        self.run.wall_seconds = self.wall_before + time.monotonic() - self.session_start
+        self.run.log_bytes = self.log.size()
+        save_checkpoint(self.paths.last, identity=self.identity,
+                        trainer_state=self.trainer.state_dict(), run=self.run)
+        self.saved_at = (self.run.epoch, self.run.global_step)
+        self.last_save_time = time.monotonic()
+
+    def _save_model(self, path: Path) -> None:
+        save_model(path, self.trainer.generator, ablation=self.name,
+                   model_cfg=self.ablation_cfg["model"], config=self.config)
+
+    def _write_outputs(self) -> dict[str, Any]:
+        run, device = self.run, self.trainer.device
+        self._save_model(self.paths.model)
+        write_text(self.paths.log, self.paths.live_log.read_text())
+        summary = {
+            "ablation": self.name, "seed": self.seed, "epochs": run.epoch,
+            "steps": run.global_step,
+            "wall_seconds": round(self.wall_before + time.monotonic() - self.session_start, 3),
+            "skipped_steps": run.skipped_steps, "disc_skipped_steps": run.disc_skipped_steps,
+            "best_epoch": run.best_epoch, "best_key": self.settings["best_key"],
+            "best_score": run.best_score, "device": describe(device),
+            "peak_memory_mb": round(peak_memory_mb(device), 1), "resumed": run.resumed,
+            "params": count_parameters(self.trainer.generator)["total"],
+        }
+        write_json(self.paths.summary, summary)
+        self.progress.note(f"done: {run.global_step} steps, best {summary['best_key']} "
+                           f"{_fmt(run.best_score)} at epoch {run.best_epoch}; wrote "
+                           f"{self.paths.model}")
+        return summary
+
+
+@torch.no_grad()
+def validate(trainer: Trainer, dataset: EvalDataset) -> tuple[float, float]:
+    """Mean reconstruction loss and mean wide-band PESQ over whole utterances.
+
+    The loss leaves out the MetricGAN term so that epochs before and after it is switched
+    on compare; PESQ is of the waveform enhanced as the evaluation does it, averaged over
+    the utterances where PESQ succeeds (NaN if it fails for all).
+    """
+    trainer.generator.eval()
+    losses, cleans, enhanced = [], [], []
+    for index in range(len(dataset)):
+        item = dataset[index]
+        clean = torch.as_tensor(item["clean"], dtype=torch.float32, device=trainer.device)
+        noisy = torch.as_tensor(item["noisy"], dtype=torch.float32, device=trainer.device)
+        clean_spec = stft(clean[None])
+        est_spec = trainer.enhance_spec(stft(noisy[None]))
+        losses.append(reconstruction_loss(est_spec, clean_spec, trainer.loss_cfg).item())
+        cleans.append(clean.cpu().numpy())
+        enhanced.append(_enhance_waveform(trainer.generator, noisy).cpu().numpy())
+    pesq = trainer.pesq.scores(cleans, enhanced)
+    finite = pesq[np.isfinite(pesq)]
+    return float(np.mean(losses)), float(finite.mean()) if finite.size else math.nan
+
+
+def _enhance_waveform(model: torch.nn.Module, wave: torch.Tensor) -> torch.Tensor:
+    # Stand-in for mbsnet.enhance.enhance_waveform until it lands.
+    return istft(model(stft(wave[None])), length=wave.shape[-1])[0]
+
+
+class _JsonlLog:
+    """An append-only JSON-lines file, cut back to ``truncate_to`` bytes when opened (the
+    size recorded in the checkpoint being resumed), so redone steps are not logged twice."""
+
+    def __init__(self, path: Path, truncate_to: int) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+b") as handle:
+            handle.truncate(min(truncate_to, handle.seek(0, 2)))
+
+    def write(self, obj: Mapping[str, Any]) -> None:
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(obj, sort_keys=True) + "\n")
+
+    def size(self) -> int:
+        return self.path.stat().st_size
+
+
+class _Progress:
+    """A tqdm bar per epoch on a terminal; plain lines every ``every`` steps otherwise."""
+
+    def __init__(self, label: str, steps: int, every: int) -> None:
+        self.label, self.steps, self.every = label, steps, every
+        self.tty = sys.stderr.isatty()
+        self.bar: tqdm | None = None
+
+    def note(self, message: str) -> None:
+        (tqdm.write if self.bar is not None else print)(f"[{self.label}] {message}",
+                                                          flush=True)
+
+    def start_epoch(self, epoch: int, epochs: int, done: int) -> None:
+        self.epoch_text = f"epoch {epoch + 1}/{epochs}"
+        self.done = done
+        if self.tty:
+            self.bar = tqdm(total=self.steps, initial=done, desc=self.epoch_text,
+                            leave=False, dynamic_ncols=True)
+
+    def step(self, line: Mapping[str, Any]) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.set_postfix(loss=_fmt(line["gen_loss"]), lr=f"{line['lr']:.2e}",
+                                 refresh=False)
+            self.bar.update()
+        elif line["skipped"] or self.done % self.every == 0 or self.done == self.steps:
+            status = f" SKIPPED: {line['reason']}" if line["skipped"] else ""
+            self.note(f"{self.epoch_text} step {self.done}/{self.steps} gen_loss "
+                      f"{_fmt(line['gen_loss'])} disc_loss {_fmt(line['disc_loss'])} lr "
+                      f"{line['lr']:.2e} {line['step_seconds']:.2f} s/step{status}")
+
+    def end_epoch(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def epoch_line(self, line: Mapping[str, Any]) -> None:
+        self.note(f"{self.epoch_text} done in {line['seconds']:.1f} s: train loss "
+                  f"{_fmt(line['gen_loss'])}, val loss {_fmt(line['val_loss'])}, val PESQ "
+                  f"{_fmt(line['val_pesq'])}, skipped {line['skipped_steps']}, "
+                  f"discriminator skipped {line['disc_skipped']}")
+
+
+def _check_writable(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise MbsnetError(f"cannot write to the output directory {directory}: "
+                          f"{exc.strerror or exc}") from exc
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _better(score: float | None, best: float | None, *, higher: bool) -> bool:
+    if score is None or not math.isfinite(score):
+        return False
+    return best is None or (score > best if higher else score < best)
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

@@ -1,0 +1,486 @@
+"""Training: losses, the Trainer step, checkpoints and exact resume, NaN safety, outputs,
+and clear errors on bad input. Tiny models and a tiny generated corpus keep it fast."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from mbsnet import cli
+from mbsnet.config import ablation_config, validate_config
+from mbsnet.device import peak_memory_mb, select_device
+from mbsnet.errors import ConfigError, DataError, MbsnetError
+from mbsnet.metrics import pesq_wb
+from mbsnet.models import load_model
+
+try:
+    import mbsnet.data.datasets  # noqa: F401
+except ImportError:  # stand-in until the data engineer's module lands
+    import sys
+    import types
+
+    import pandas as pd
+
+    def _read(manifest, split):
+        frame = pd.read_csv(manifest, sep="\t", dtype=str)
+        frame = frame[frame["split"] == split]
+        base = Path(manifest).parent
+        return [(r.utt_id, sf.read(base / r.clean, dtype="float32")[0],
+                 sf.read(base / r.noisy, dtype="float32")[0]) for r in frame.itertuples()]
+
+    class TrainDataset:
+        def __init__(self, manifest_path, split="train", crop_seconds=2.0, seed=0):
+            self.items, self.crop, self.seed, self.epoch = _read(manifest_path, split), \
+                int(crop_seconds * 16000), seed, 0
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+        def __len__(self):
+            return len(self.items)
+
+        def __getitem__(self, i):
+            _, clean, noisy = self.items[i]
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            start = int(rng.integers(0, len(clean) - self.crop + 1))
+            return (torch.from_numpy(clean[start:start + self.crop]),
+                    torch.from_numpy(noisy[start:start + self.crop]))
+
+    class EvalDataset:
+        def __init__(self, manifest_path, split):
+            self.items = _read(manifest_path, split)
+
+        def __len__(self):
+            return len(self.items)
+
+        def __getitem__(self, i):
+            utt, clean, noisy = self.items[i]
+            return {"utt_id": utt, "clean": torch.from_numpy(clean),
+                    "noisy": torch.from_numpy(noisy)}
+
+    _fake = types.ModuleType("mbsnet.data.datasets")
+    _fake.TrainDataset, _fake.EvalDataset = TrainDataset, EvalDataset
+    sys.modules["mbsnet.data.datasets"] = _fake
+
+from mbsnet.train import checkpoint as ckpt
+from mbsnet.train import loop, trainer as trainer_module
+from mbsnet.train.discriminator_targets import PesqScorer, metric_targets
+from mbsnet.train.losses import (compressed_magnitude, discriminator_loss, normalised_pesq,
+                                 reconstruction_loss)
+from mbsnet.train.trainer import Trainer, autocast_dtype
+
+SR = 16000
+LOSS = {"ri_weight": 0.5, "mag_weight": 0.5, "compress": 0.3, "metric_weight": 1.0}
+
+# The five ablation structures of config.yaml, shrunk to a few channels and one repeat.
+MAMBA_T = {"type": "mamba", "axis": "time", "bidirectional": True, "d_state": 4}
+MAMBA_B = {"type": "mamba", "axis": "band", "bidirectional": True, "d_state": 4}
+STRUCTURES = {
+    "bsrnn": {"channels": 8, "decoder": "uniform", "stages": [{"blocks": [
+        {"type": "lstm", "axis": "time", "bidirectional": False},
+        {"type": "lstm", "axis": "band", "bidirectional": True}]}]},
+    "abl1": {"channels": 8, "decoder": "uniform", "stages": [{"blocks": [MAMBA_T]}]},
+    "abl2": {"channels": 8, "decoder": "uniform", "stages": [{"blocks": [MAMBA_T, MAMBA_B]}]},
+    "abl3": {"channels": 8, "decoder": "adaptive", "stages": [{"blocks": [MAMBA_T, MAMBA_B]}]},
+    "optimized": {"channels": 8, "decoder": "lightweight", "final_norm": True, "stages": [
+        {"repeat": 2, "blocks": [{"type": "mamba", "axis": "time", "bidirectional": False,
+                                  "d_state": 4}]},
+        {"blocks": [{"type": "mlp", "axis": "band"}]}]},
+}
+
+
+def tiny_config(**training) -> dict:
+    settings = {"epochs": 2, "steps_per_epoch": 2, "batch_size": 2, "crop_seconds": 0.25,
+                "discriminator_ndf": 4, "pesq_workers": 0, "device": "cpu"}
+    settings.update(training)
+    return validate_config({
+        "data": {"source": "synthetic"},
+        "ablations": {name: {"model": copy.deepcopy(model)} for name, model in STRUCTURES.items()},
+        "training": settings,
+        "resources": {"threads": 1},
+    })
+
+
+def speechlike(seconds: float, f0: float, seed: int) -> np.ndarray:
+    """Voiced-sounding bursts: harmonics of f0 under a syllable-rate envelope."""
+    t = np.arange(int(seconds * SR)) / SR
+    rng = np.random.default_rng(seed)
+    voice = sum(np.sin(2 * np.pi * k * f0 * t + rng.uniform(0, 6)) / k for k in range(1, 8))
+    envelope = 0.4 + 0.6 * np.sin(2 * np.pi * 3.0 * t + rng.uniform(0, 6)) ** 2
+    return 0.25 * voice * envelope / 2.6
+
+
+def write_corpus(root: Path) -> Path:
+    """A tiny corpus in the results/data layout: 4 train, 1 valid, 1 test utterance."""
+    rows = ["\t".join(("utt_id", "split", "speaker", "noise", "snr", "duration", "clean",
+                       "noisy"))]
+    plan = [("train", f"tr{i}", f"s{i % 2}") for i in range(4)] + \
+           [("valid", "va0", "s2"), ("test", "te0", "t0")]
+    for index, (split, utt, speaker) in enumerate(plan):
+        clean = speechlike(0.7, 110 + 20 * index, index)
+        noise = np.random.default_rng(100 + index).normal(0, 0.03, clean.shape)
+        for kind, signal in (("clean", clean), ("noisy", clean + noise)):
+            path = root / split / kind / f"{utt}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(path, np.clip(signal, -1, 1), SR, subtype="PCM_16")
+        rows.append("\t".join((utt, split, speaker, "white", "10.0", "0.7",
+                               f"{split}/clean/{utt}.wav", f"{split}/noisy/{utt}.wav")))
+    manifest = root / "manifest.tsv"
+    manifest.write_text("\n".join(rows) + "\n")
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def fixed_batch(batch: int = 2, seconds: float = 0.25) -> tuple[torch.Tensor, torch.Tensor]:
+    clean = torch.tensor(np.stack([speechlike(seconds, 120 + 40 * b, b) for b in range(batch)]),
+                         dtype=torch.float32)
+    noisy = clean + 0.03 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(1))
+    return clean, noisy
+
+
+def make_trainer(name: str = "bsrnn", **training) -> Trainer:
+    config = tiny_config(**training)
+    torch.manual_seed(0)
+    return Trainer(ablation_config(config, name), config, torch.device("cpu"))
+
+
+def params(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def run_training(config: dict, manifest: Path, out: Path, name: str = "bsrnn", **kwargs):
+    return loop.train(config, name, 0, out, manifest, threads=1, **kwargs)
+
+
+def read_log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+class Interrupt(Exception):
+    """Stands in for a kill (SLURM time limit, Ctrl-C) in the resume tests."""
+
+
+def interrupt_at(epoch: int, step: int):
+    def on_step(run: ckpt.RunState) -> None:
+        if (run.epoch, run.step) == (epoch, step):
+            raise Interrupt
+    return on_step
+
+
+# -- losses ---------------------------------------------------------------------------
+
+def test_reconstruction_loss_matches_hand_computation():
+    est = torch.tensor([[[3 + 4j, 0j]]], dtype=torch.complex64)
+    clean = torch.tensor([[[0j, 1 + 0j]]], dtype=torch.complex64)
+    ri = (5.0 + 1.0) / 2  # mean modulus of the complex difference
+    mag = (abs((5 + 1e-10) ** 0.3 - 1e-10 ** 0.3) + abs(1e-10 ** 0.3 - (1 + 1e-10) ** 0.3)) / 2
+    got = reconstruction_loss(est, clean, LOSS)
+    assert got.item() == pytest.approx(0.5 * ri + 0.5 * mag, rel=1e-5)
+
+
+def test_compressed_magnitude_has_finite_gradient_at_zero():
+    spec = torch.zeros(1, 2, 2, dtype=torch.complex64, requires_grad=True)
+    (compressed_magnitude(spec, 0.3).sum()).backward()
+    assert torch.isfinite(torch.view_as_real(spec.grad)).all()
+
+
+def test_discriminator_loss_targets():
+    def discriminate(a, b):  # a fake discriminator: 1 for equal pairs, else 0.5
+        return torch.where((a == b).all(dim=(1, 2)), 1.0, 0.5)[:, None]
+
+    clean, est, noisy = (torch.full((2, 3, 4), v) for v in (1.0, 2.0, 3.0))
+    target = torch.tensor([0.5, 0.7])
+    loss = discriminator_loss(discriminate, clean, est, noisy, target, target)
+    # (clean, clean) -> 1 exactly; the two others score 0.5 against the targets
+    assert loss.item() == pytest.approx(2 * ((0.0 ** 2 + 0.2 ** 2) / 2))
+    assert normalised_pesq(torch.tensor([-0.5, 4.5])).tolist() == [0.0, 1.0]
+
+
+def test_metric_targets_none_when_pesq_fails():
+    clean, noisy = fixed_batch(2, 0.5)
+    silent = torch.zeros_like(clean)
+    with PesqScorer(0) as scorer:
+        assert metric_targets(scorer, clean, silent, silent) is None
+        target_est, target_noisy = metric_targets(scorer, clean, noisy, clean)
+    # PESQ(clean, est) and PESQ(est, noisy), normalised; here both pairs are (clean, noisy)
+    expected = [(pesq_wb(c, n) + 0.5) / 5 for c, n in zip(clean.numpy(), noisy.numpy())]
+    assert target_est.tolist() == pytest.approx(expected)
+    assert target_noisy.tolist() == pytest.approx([(pesq_wb(n, c) + 0.5) / 5 for c, n in
+                                                   zip(clean.numpy(), noisy.numpy())])
+    assert 0.3 < min(expected) and target_est.dtype == torch.float32
+
+
+def test_pesq_workers_match_in_process_scores():
+    clean, noisy = fixed_batch(3, 0.5)
+    refs, degs = list(clean.numpy()), list(noisy.numpy())
+    with PesqScorer(0) as inline, PesqScorer(2) as pool:
+        np.testing.assert_array_equal(inline.scores(refs, degs), pool.scores(refs, degs))
+
+
+# -- the Trainer step -----------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(STRUCTURES))
+def test_each_ablation_structure_trains(name):
+    trainer = make_trainer(name)
+    clean, noisy = fixed_batch()
+    before_g, before_d = params(trainer.generator), params(trainer.discriminator)
+    results = [trainer.train_step(clean, noisy, use_metric_loss=metric) for metric in (False, True)]
+    for result in results:
+        assert not result["skipped"] and result["reason"] is None
+        assert math.isfinite(result["gen_loss"]) and math.isfinite(result["disc_loss"])
+    assert any(not torch.equal(a, b) for a, b in zip(before_g, params(trainer.generator)))
+    assert any(not torch.equal(a, b) for a, b in zip(before_d, params(trainer.discriminator)))
+
+
+def test_loss_goes_down_on_a_fixed_batch():
+    trainer = make_trainer("bsrnn", lr=3e-3)
+    clean, noisy = fixed_batch()
+    losses = [trainer.train_step(clean, noisy, use_metric_loss=False)["gen_loss"]
+              for _ in range(12)]
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_nonfinite_loss_skips_the_whole_step(monkeypatch):
+    trainer = make_trainer()
+    monkeypatch.setattr(trainer_module, "reconstruction_loss",
+                        lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    before = params(trainer.generator) + params(trainer.discriminator)
+    result = trainer.train_step(*fixed_batch(), use_metric_loss=False)
+    assert result["skipped"] and "non-finite loss" in result["reason"]
+    assert result["disc_loss"] is None
+    after = params(trainer.generator) + params(trainer.discriminator)
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    assert not trainer.gen_optimizer.state  # Adam made no step
+
+
+def test_nonfinite_gradient_skips_the_update():
+    trainer = make_trainer()
+    first = next(trainer.generator.parameters())
+    first.register_hook(lambda grad: grad * float("inf"))
+    before = params(trainer.generator)
+    result = trainer.train_step(*fixed_batch(), use_metric_loss=False)
+    assert result["skipped"] and "non-finite gradient" in result["reason"]
+    assert all(torch.equal(a, b) for a, b in zip(before, params(trainer.generator)))
+
+
+def test_bf16_falls_back_to_fp32_on_cpu():
+    with pytest.warns(UserWarning, match="float32 on cpu"):
+        assert autocast_dtype("bf16", torch.device("cpu")) is None
+    assert autocast_dtype("bf16", torch.device("cuda")) is torch.bfloat16
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert autocast_dtype("fp32", torch.device("cuda")) is None
+
+
+# -- devices, batches, checkpoints ----------------------------------------------------
+
+def test_device_selection(monkeypatch):
+    assert select_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert select_device("auto") == torch.device("cpu")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(ConfigError, match="training.device: 'cuda'"):
+        select_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert select_device("auto") == torch.device("cuda", 0)
+    assert peak_memory_mb(torch.device("cpu")) > 0
+
+
+def test_epoch_batches_are_shuffled_passes_fixed_by_seed_and_epoch():
+    batches = loop.epoch_batches(5, 2, 5, seed=3, epoch=1)
+    assert len(batches) == 5 and all(len(b) == 2 for b in batches)
+    flat = sum(batches, [])
+    assert sorted(flat[:5]) == list(range(5)) and sorted(flat[5:10]) == list(range(5))
+    assert batches == loop.epoch_batches(5, 2, 5, seed=3, epoch=1)
+    assert batches != loop.epoch_batches(5, 2, 5, seed=3, epoch=2)
+
+
+def test_rng_state_round_trip(tmp_path):
+    torch.manual_seed(5)
+    np.random.seed(5)
+    state = ckpt.rng_state()
+    path = tmp_path / "c.pt"
+    ckpt.save_checkpoint(path, identity="x", trainer_state={}, run=ckpt.RunState(epoch=2))
+    expected = (torch.rand(3), np.random.rand(3), __import__("random").random())
+    loaded = ckpt.load_checkpoint(path)
+    ckpt.set_rng_state(loaded["rng"])
+    again = (torch.rand(3), np.random.rand(3), __import__("random").random())
+    assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1])
+    assert expected[2] == again[2] and loaded["run"].epoch == 2 and state["torch"].numel()
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(MbsnetError, match="cannot be read.*delete it"):
+        ckpt.load_checkpoint(path)
+
+
+# -- whole runs -----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def reference_run(manifest, tmp_path_factory):
+    """One uninterrupted 2-epoch run (MetricGAN loss on in epoch 2)."""
+    out = tmp_path_factory.mktemp("reference")
+    summary = run_training(tiny_config(), manifest, out)
+    return out, summary
+
+
+def test_run_writes_the_documented_outputs(reference_run):
+    out, summary = reference_run
+    assert {p.name for p in out.iterdir()} == {"model.pt", "train_log.jsonl",
+                                               "train_summary.json", "checkpoint"}
+    assert {p.name for p in (out / "checkpoint").iterdir()} == {"last.pt", "best.pt",
+                                                                 "train_log.jsonl"}
+    on_disk = json.loads((out / "train_summary.json").read_text())
+    assert on_disk == summary
+    assert set(summary) == {"ablation", "seed", "epochs", "steps", "wall_seconds",
+                            "skipped_steps", "disc_skipped_steps", "best_epoch", "best_key",
+                            "best_score", "device", "peak_memory_mb", "resumed", "params"}
+    assert (summary["epochs"], summary["steps"], summary["resumed"]) == (2, 4, 0)
+    assert summary["best_epoch"] in (1, 2) and summary["device"] == "cpu"
+
+    log = read_log(out / "train_log.jsonl")
+    steps = [line for line in log if line["kind"] == "step"]
+    epochs = [line for line in log if line["kind"] == "epoch"]
+    assert [s["step"] for s in steps] == [1, 2, 3, 4]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert [e["metric_loss"] for e in epochs] == [False, True]
+    assert all(math.isfinite(s["gen_loss"]) and not s["skipped"] for s in steps)
+    assert all(math.isfinite(e["val_loss"]) and 1.0 <= e["val_pesq"] <= 4.5 for e in epochs)
+    assert epochs[1]["lr"] == pytest.approx(1e-3 * 0.98)
+    best = max(epochs, key=lambda e: e["val_pesq"])
+    assert (summary["best_epoch"], summary["best_score"]) == (best["epoch"], best["val_pesq"])
+
+    model, info = load_model(out / "model.pt")
+    assert info["ablation"] == "bsrnn" and info["params"] == summary["params"]
+
+
+def test_resume_after_an_epoch_gives_identical_weights(reference_run, manifest, tmp_path):
+    config = tiny_config()
+    with pytest.raises(Interrupt):
+        run_training(config, manifest, tmp_path, on_step=interrupt_at(1, 1))
+    assert not (tmp_path / "model.pt").exists()  # final outputs only at the end
+    summary = run_training(config, manifest, tmp_path)
+    assert summary["resumed"] == 1 and summary["steps"] == 4
+    assert_same_run(reference_run[0], tmp_path)
+    resume = [line for line in read_log(tmp_path / "train_log.jsonl") if line["kind"] == "resume"]
+    assert resume == [{"kind": "resume", "epoch": 2, "step": 2,
+                       "from": str(tmp_path / "checkpoint" / "last.pt")}]
+
+
+def test_mid_epoch_checkpoint_resumes_at_the_right_step(reference_run, manifest, tmp_path):
+    config = tiny_config(checkpoint_minutes=1e-9)  # a checkpoint after every step
+    with pytest.raises(Interrupt):
+        run_training(config, manifest, tmp_path, on_step=interrupt_at(1, 1))
+    assert ckpt.load_checkpoint(tmp_path / "checkpoint" / "last.pt")["run"].step == 1
+    run_training(config, manifest, tmp_path)
+    assert_same_run(reference_run[0], tmp_path)
+
+
+def assert_same_run(expected: Path, got: Path) -> None:
+    """Bit-identical final weights, and the same losses step by step (resume excluded)."""
+    a, b = (torch.load(d / "model.pt", weights_only=True)["state_dict"] for d in (expected, got))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    def losses(directory):
+        return [(line["step"], line["gen_loss"], line["disc_loss"])
+                for line in read_log(directory / "train_log.jsonl") if line["kind"] == "step"]
+    assert losses(expected) == losses(got)
+
+
+def test_changed_settings_start_from_scratch(manifest, tmp_path, capsys):
+    config = tiny_config(epochs=1, checkpoint_minutes=1e-9)
+    with pytest.raises(Interrupt):
+        run_training(config, manifest, tmp_path, on_step=interrupt_at(0, 1))
+    assert (tmp_path / "checkpoint" / "last.pt").is_file()
+    summary = run_training(tiny_config(epochs=1, lr=2e-3), manifest, tmp_path)
+    assert "starting from scratch" in capsys.readouterr().out
+    assert summary["resumed"] == 0 and summary["steps"] == 2
+    assert not any(line["kind"] == "resume" for line in read_log(tmp_path / "train_log.jsonl"))
+
+
+def test_nonfinite_step_is_skipped_and_logged(manifest, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = trainer_module.reconstruction_loss
+
+    def nan_on_second_call(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 2 else loss
+
+    monkeypatch.setattr(trainer_module, "reconstruction_loss", nan_on_second_call)
+    summary = run_training(tiny_config(epochs=1, steps_per_epoch=3), manifest, tmp_path)
+    steps = [line for line in read_log(tmp_path / "train_log.jsonl") if line["kind"] == "step"]
+    assert [s["skipped"] for s in steps] == [False, True, False]
+    assert steps[1]["gen_loss"] is None and "non-finite loss" in steps[1]["reason"]
+    epoch = [line for line in read_log(tmp_path / "train_log.jsonl") if line["kind"] == "epoch"]
+    assert epoch[0]["skipped_steps"] == 1 and summary["skipped_steps"] == 1
+
+
+def test_consecutive_nonfinite_steps_stop_with_a_clear_error(manifest, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = trainer_module.reconstruction_loss
+
+    def nan_from_second_call(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] >= 2 else loss
+
+    monkeypatch.setattr(trainer_module, "reconstruction_loss", nan_from_second_call)
+    config = tiny_config(epochs=1, steps_per_epoch=6, max_bad_steps=3, checkpoint_minutes=1e-9)
+    last = tmp_path / "checkpoint" / "last.pt"
+    with pytest.raises(MbsnetError, match=r"stopped at epoch 1, step 4: 3 consecutive") as info:
+        run_training(config, manifest, tmp_path)
+    assert f"Last good checkpoint: {last} (epoch 1, after step 3)" in str(info.value)
+    assert not (tmp_path / "model.pt").exists()
+
+
+# -- bad input ------------------------------------------------------------------------
+
+def test_missing_manifest_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match="manifest .*missing.tsv does not exist"):
+        run_training(tiny_config(), tmp_path / "missing.tsv", tmp_path / "out")
+
+
+def test_unknown_ablation_is_a_config_error(manifest, tmp_path):
+    with pytest.raises(ConfigError, match="unknown ablation 'nope'"):
+        run_training(tiny_config(), manifest, tmp_path / "out", name="nope")
+
+
+def test_unwritable_output_directory_is_a_clear_error(manifest, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(MbsnetError, match="cannot write to the output directory"):
+        run_training(tiny_config(), manifest, blocker / "run")
+
+
+def test_cli_reports_bad_input_without_traceback(manifest, tmp_path, capsys):
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps(tiny_config()))
+    base = ["train", "--config", str(config), "--seed", "0", "--out", str(tmp_path / "out")]
+    assert cli.main(base + ["--ablation", "nope", "--data", str(manifest)]) == 2
+    assert "unknown ablation 'nope'" in capsys.readouterr().err
+    assert cli.main(base + ["--ablation", "bsrnn", "--data", str(tmp_path / "no.tsv")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mbsnet train: error: data manifest") and "Traceback" not in err
