@@ -20,7 +20,10 @@ $(STAMP): pyproject.toml
 report: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores $(CORES) report
 
+# As root on Debian, also installs the system packages some tests need (a local SLURM
+# cluster, Chromium for the report); elsewhere those tests skip with a reason.
 test: $(STAMP)
+	bash scripts/install-system-deps.sh
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -ra
 
 lint: $(STAMP)
