@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import signal
 import warnings
 from pathlib import Path
 
@@ -72,9 +74,8 @@ except ImportError:  # stand-in until the data engineer's module lands
 
 from mbsnet.train import checkpoint as ckpt
 from mbsnet.train import loop, trainer as trainer_module
-from mbsnet.train.discriminator_targets import PesqScorer, metric_targets
-from mbsnet.train.losses import (compressed_magnitude, discriminator_loss, normalised_pesq,
-                                 reconstruction_loss)
+from mbsnet.train.discriminator_targets import PesqScorer, metric_targets, normalised_pesq
+from mbsnet.train.losses import compressed_magnitude, discriminator_loss, reconstruction_loss
 from mbsnet.train.trainer import Trainer, autocast_dtype
 
 SR = 16000
@@ -213,7 +214,7 @@ def test_discriminator_loss_targets():
     loss = discriminator_loss(discriminate, clean, est, noisy, target, target)
     # (clean, clean) -> 1 exactly; the two others score 0.5 against the targets
     assert loss.item() == pytest.approx(2 * ((0.0 ** 2 + 0.2 ** 2) / 2))
-    assert normalised_pesq(torch.tensor([-0.5, 4.5])).tolist() == [0.0, 1.0]
+    assert normalised_pesq(np.array([-0.5, 4.5])).tolist() == [0.0, 1.0]
 
 
 def test_metric_targets_none_when_pesq_fails():
@@ -234,7 +235,12 @@ def test_pesq_workers_match_in_process_scores():
     clean, noisy = fixed_batch(3, 0.5)
     refs, degs = list(clean.numpy()), list(noisy.numpy())
     with PesqScorer(0) as inline, PesqScorer(2) as pool:
-        np.testing.assert_array_equal(inline.scores(refs, degs), pool.scores(refs, degs))
+        expected = inline.scores(refs, degs)
+        np.testing.assert_array_equal(pool.scores(refs, degs), expected)
+        for process in list(pool._pool._processes.values()):  # a job signal kills a worker
+            os.kill(process.pid, signal.SIGKILL)
+        assert np.isnan(pool.scores(refs, degs)).all()  # a failed batch, not a hang
+        np.testing.assert_array_equal(pool.scores(refs, degs), expected)  # a new pool
 
 
 # -- the Trainer step -----------------------------------------------------------------
@@ -395,6 +401,19 @@ def test_mid_epoch_checkpoint_resumes_at_the_right_step(reference_run, manifest,
         run_training(config, manifest, tmp_path, on_step=interrupt_at(1, 1))
     assert ckpt.load_checkpoint(tmp_path / "checkpoint" / "last.pt")["run"].step == 1
     run_training(config, manifest, tmp_path)
+    assert_same_run(reference_run[0], tmp_path)
+
+
+def test_sigterm_checkpoints_and_stops_then_resumes(reference_run, manifest, tmp_path):
+    def terminate(run: ckpt.RunState) -> None:
+        if (run.epoch, run.step) == (0, 1):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(MbsnetError, match="stopped by SIGTERM after step 2; saved .*last.pt"):
+        run_training(tiny_config(), manifest, tmp_path, on_step=terminate)
+    assert ckpt.load_checkpoint(tmp_path / "checkpoint" / "last.pt")["run"].global_step == 2
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    run_training(tiny_config(), manifest, tmp_path)
     assert_same_run(reference_run[0], tmp_path)
 
 

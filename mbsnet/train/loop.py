@@ -19,8 +19,10 @@ import hashlib
 import json
 import math
 import random
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -95,9 +97,9 @@ def train(config: Mapping[str, Any], ablation: str, seed: int, out_dir: str | Pa
                                          if k not in OPERATIONAL_KEYS},
                             "seed": seed, "data": _file_digest(manifest)})
     seed_everything(seed)
-    with Trainer(ablation_cfg, config, device) as trainer:
+    with Trainer(ablation_cfg, config, device) as trainer, _TerminationRequest() as stop:
         run = _Run(trainer, ablation_cfg, config, seed, paths, identity, train_set, valid_set,
-                   on_step)
+                   on_step, stop)
         return run.execute()
 
 
@@ -130,13 +132,13 @@ class _Run:
     def __init__(self, trainer: Trainer, ablation_cfg: dict[str, Any],
                  config: Mapping[str, Any], seed: int, paths: RunPaths, identity: str,
                  train_set: TrainDataset, valid_set: EvalDataset,
-                 on_step: StepCallback | None) -> None:
+                 on_step: StepCallback | None, stop: _TerminationRequest) -> None:
         self.trainer, self.ablation_cfg, self.config = trainer, ablation_cfg, config
         self.settings = ablation_cfg["training"]
         self.name = ablation_cfg["name"]
         self.seed, self.paths, self.identity = seed, paths, identity
         self.train_set, self.valid_set = train_set, valid_set
-        self.on_step = on_step
+        self.on_step, self.stop = on_step, stop
         self.epochs = self.settings["epochs"]
         self.steps = steps_per_epoch(self.settings, len(train_set))
         self.log_every = max(1, self.steps // STEP_LINES_PER_EPOCH)
@@ -198,12 +200,23 @@ class _Run:
             started = time.monotonic()
             result = trainer.train_step(clean, noisy, use_metric_loss)
             self._record_step(result, time.monotonic() - started)
-            if run.step < self.steps and self._checkpoint_due():
-                self._save_last()
+            if run.step < self.steps:  # the epoch end checkpoints anyway
+                if self._checkpoint_due() or self.stop.signal:
+                    self._save_last()
+                self._stop_if_requested()
             if self.on_step is not None:
                 self.on_step(run)
         self.progress.end_epoch()
         self._end_epoch(use_metric_loss)
+        self._stop_if_requested()
+
+    def _stop_if_requested(self) -> None:
+        """After a SIGTERM, stop at a step boundary, right after a checkpoint."""
+        if self.stop.signal is not None:
+            self.progress.end_epoch()
+            raise MbsnetError(f"stopped by {self.stop.signal.name} after step "
+                              f"{self.run.global_step}; saved {self.paths.last}, the same "
+                              "command resumes from it")
 
     def _batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         items = [self.train_set[i] for i in indices]
@@ -336,6 +349,27 @@ def validate(trainer: Trainer, dataset: EvalDataset) -> tuple[float, float]:
 def _enhance_waveform(model: torch.nn.Module, wave: torch.Tensor) -> torch.Tensor:
     # Stand-in for mbsnet.enhance.enhance_waveform until it lands.
     return istft(model(stft(wave[None])), length=wave.shape[-1])[0]
+
+
+class _TerminationRequest:
+    """Records a SIGTERM (SLURM time limit, a cancelled job) instead of dying at once, so
+    the run can checkpoint at the next step boundary. Only in the main thread."""
+
+    def __init__(self) -> None:
+        self.signal: signal.Signals | None = None
+        self._previous: Any = None
+
+    def _record(self, signum: int, _frame: Any) -> None:
+        self.signal = signal.Signals(signum)
+
+    def __enter__(self) -> _TerminationRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._record)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 class _JsonlLog:

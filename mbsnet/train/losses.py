@@ -39,11 +39,6 @@ def metric_generator_loss(score: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(score, torch.ones_like(score))
 
 
-def normalised_pesq(pesq: torch.Tensor) -> torch.Tensor:
-    """Wide-band PESQ (-0.5 .. 4.5) mapped to the discriminator's 0 .. 1 target."""
-    return (pesq + 0.5) / 5.0
-
-
 def discriminator_loss(discriminate: Discriminate, clean_mag: torch.Tensor,
                        est_mag: torch.Tensor, noisy_mag: torch.Tensor,
                        target_est: torch.Tensor, target_noisy: torch.Tensor) -> torch.Tensor:
