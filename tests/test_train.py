@@ -289,6 +289,16 @@ def test_nonfinite_gradient_skips_the_update():
     assert all(torch.equal(a, b) for a, b in zip(before, params(trainer.generator)))
 
 
+def test_gradient_checkpointing_gives_the_same_step():
+    results = []
+    for checkpointing in (False, True):
+        trainer = make_trainer("abl1", gradient_checkpointing=checkpointing)
+        assert trainer.generator.gradient_checkpointing is checkpointing
+        trainer.train_step(*fixed_batch(), use_metric_loss=False)
+        results.append(params(trainer.generator))
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
 def test_bf16_falls_back_to_fp32_on_cpu():
     with pytest.warns(UserWarning, match="float32 on cpu"):
         assert autocast_dtype("bf16", torch.device("cpu")) is None
@@ -492,6 +502,17 @@ def test_unwritable_output_directory_is_a_clear_error(manifest, tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(MbsnetError, match="cannot write to the output directory"):
         run_training(tiny_config(), manifest, blocker / "run")
+
+
+def test_cli_trains(manifest, tmp_path, capsys):
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps(tiny_config(epochs=1, steps_per_epoch=1)))
+    out = tmp_path / "abl1" / "seed3"
+    assert cli.main(["train", "--config", str(config), "--ablation", "abl1", "--seed", "3",
+                     "--out", str(out), "--data", str(manifest), "--threads", "1"]) == 0
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert (summary["ablation"], summary["seed"], summary["steps"]) == ("abl1", 3, 1)
+    assert "[abl1 seed3] done: 1 steps" in capsys.readouterr().out
 
 
 def test_cli_reports_bad_input_without_traceback(manifest, tmp_path, capsys):

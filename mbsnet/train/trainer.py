@@ -176,12 +176,13 @@ def _update(loss: torch.Tensor, module: nn.Module, optimizer: torch.optim.Optimi
     """Backward, clip and step unless the loss or the gradient is non-finite; returns
     the reason for skipping (no update made, gradients cleared) or None."""
     optimizer.zero_grad(set_to_none=True)
-    if not math.isfinite(loss.item()):
-        return f"non-finite loss ({loss.item()})"
+    value = loss.item()
+    if not math.isfinite(value):
+        return f"non-finite loss ({value})"
     loss.backward()
-    norm = torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
-    if not math.isfinite(norm.item()):
+    norm = torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm).item()
+    if not math.isfinite(norm):
         optimizer.zero_grad(set_to_none=True)
-        return f"non-finite gradient norm ({norm.item()})"
+        return f"non-finite gradient norm ({norm})"
     optimizer.step()
     return None
