@@ -1,0 +1,174 @@
+"""The report's figures (matplotlib, no pyplot state) and audio, as self-contained data URIs.
+
+Line and bar charts are SVG (sharp when pasted into a paper); spectrograms are PNG.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from . import collect
+from .collect import METRICS, Missing
+
+NOISY_COLOR = "#7f7f7f"
+#: audio players play at most this much of the example utterance
+AUDIO_SECONDS = 6.0
+#: spectrogram colour range below the loudest bin
+DYNAMIC_RANGE_DB = 80.0
+
+
+def system_colors(names: list[str]) -> dict[str, str]:
+    """One fixed colour per system, the same in every figure."""
+    palette = matplotlib.colormaps["tab10"].colors
+    colors, i = {}, 0
+    for name in names:
+        if name == collect.NOISY:
+            colors[name] = NOISY_COLOR
+        else:
+            colors[name] = matplotlib.colors.to_hex(palette[i % len(palette)])
+            i += 1
+    return colors
+
+
+def figure_uri(fig: Figure, fmt: str = "svg") -> str:
+    """Render a figure to a ``data:`` URI (deterministic bytes for the same figure)."""
+    buf = io.BytesIO()
+    with matplotlib.rc_context({"svg.hashsalt": "mbsnet-report"}):
+        fig.savefig(buf, format=fmt, dpi=110,
+                    metadata={"Date": None} if fmt == "svg" else {"Software": None})
+    mime = "image/svg+xml" if fmt == "svg" else f"image/{fmt}"
+    return f"data:{mime};base64,{base64.b64encode(buf.getvalue()).decode()}"
+
+
+def audio_uri(wave: np.ndarray, sample_rate: int, seconds: float = AUDIO_SECONDS) -> str:
+    """A 16-bit PCM WAV ``data:`` URI of the first ``seconds`` of ``wave``."""
+    import soundfile
+
+    buf = io.BytesIO()
+    clip = np.clip(wave[: int(seconds * sample_rate)], -1.0, 1.0)
+    soundfile.write(buf, clip, sample_rate, format="WAV", subtype="PCM_16")
+    return f"data:audio/wav;base64,{base64.b64encode(buf.getvalue()).decode()}"
+
+
+def training_curves(curves: dict[str, list[pd.DataFrame]], colors: dict[str, str]) -> Figure | Missing:
+    """Generator loss and validation PESQ per epoch, every ablation (and seed) on one axis."""
+    if not curves:
+        return Missing("no train_log.jsonl has epoch lines")
+    fig = Figure(figsize=(9, 3.4), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for key, ax, title in [("gen_loss", axes[0], "Generator loss (train mean)"),
+                           ("val_pesq", axes[1], "Validation PESQ-WB")]:
+        for name, frames in curves.items():
+            for i, frame in enumerate(frames):
+                if key not in frame:
+                    continue
+                y = pd.to_numeric(frame[key], errors="coerce")
+                ax.plot(frame["epoch"], y, marker="o", ms=3, color=colors[name],
+                        alpha=1.0 if i == 0 else 0.55, label=name if i == 0 else None)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[1].legend(fontsize=8, loc="best")
+    return fig
+
+
+def metric_bars(rows: list[collect.HeadlineRow], colors: dict[str, str]) -> Figure | Missing:
+    """One small bar chart per metric: the mean of every system with its 95 % CI."""
+    scored = [r for r in rows if r.seeds]
+    if not scored:
+        return Missing("no system has metrics")
+    fig = Figure(figsize=(11, 4.6), layout="constrained")
+    axes = fig.subplots(2, 4).ravel()
+    x = np.arange(len(scored))
+    for ax, (metric, label) in zip(axes, METRICS.items()):
+        est = [r.metrics[metric] for r in scored]
+        means = [e.mean if not isinstance(e, Missing) else math.nan for e in est]
+        cis = [e.ci95 if not isinstance(e, Missing) and math.isfinite(e.ci95) else 0.0 for e in est]
+        ax.bar(x, means, yerr=cis, capsize=3, color=[colors[r.system] for r in scored])
+        ax.set_title(label, fontsize=10)
+        ax.set_xticks(x, [r.system for r in scored], rotation=45, ha="right", fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+        finite = [m for m in means if math.isfinite(m)]
+        if finite and min(finite) > 0:
+            ax.set_ylim(bottom=min(finite) * 0.8)
+    return fig
+
+
+def metric_vs_snr(scores: dict[str, pd.DataFrame], colors: dict[str, str]) -> Figure | Missing:
+    """PESQ-WB, STOI and SI-SDR against input SNR, one line per system."""
+    if not scores:
+        return Missing("no system has metrics")
+    if all(frame["snr"].isna().all() for frame in scores.values()):
+        return Missing("the test set has no SNR labels (snr is NaN, e.g. VoiceBank-DEMAND)")
+    fig = Figure(figsize=(11, 3.4), layout="constrained")
+    axes = fig.subplots(1, 3)
+    for ax, metric in zip(axes, ["pesq_wb", "stoi", "si_sdr"]):
+        for name, frame in scores.items():
+            by_snr = frame.dropna(subset=["snr"]).groupby("snr")[metric].mean()
+            ax.plot(by_snr.index, by_snr.values, marker="o", ms=3, color=colors[name], label=name,
+                    linestyle="--" if name == collect.NOISY else "-")
+        ax.set_title(f"{METRICS[metric]} vs input SNR", fontsize=10)
+        ax.set_xlabel("SNR (dB)")
+        ax.grid(alpha=0.3)
+    axes[-1].legend(fontsize=8, loc="best")
+    return fig
+
+
+def efficiency(rows: list[collect.HeadlineRow], colors: dict[str, str]) -> Figure | Missing:
+    """PESQ-WB against parameter count and against peak training memory."""
+    fig = Figure(figsize=(9, 3.4), layout="constrained")
+    axes = fig.subplots(1, 2)
+    plotted = 0
+    for ax, cost, xlabel in [(axes[0], "params", "parameters (M)"),
+                             (axes[1], "peak_train_memory_mb", "peak training memory (MB)")]:
+        for row in rows:
+            pesq, x = row.metrics["pesq_wb"], row.costs[cost]
+            if isinstance(pesq, Missing) or not isinstance(x, float):
+                continue
+            x = x / 1e6 if cost == "params" else x
+            ax.errorbar([x], [pesq.mean], yerr=[pesq.ci95 if math.isfinite(pesq.ci95) else 0],
+                        fmt="o", color=colors[row.system], capsize=3)
+            ax.annotate(row.system, (x, pesq.mean), textcoords="offset points", xytext=(5, 5),
+                        fontsize=8)
+            plotted += 1
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("PESQ-WB")
+        ax.xaxis.get_major_locator().set_params(nbins=5)
+        ax.margins(x=0.15, y=0.1)
+        ax.grid(alpha=0.3)
+    if not plotted:
+        return Missing("no ablation has both PESQ and profile data")
+    return fig
+
+
+def spectrograms(signals: dict[str, np.ndarray], sample_rate: int) -> Figure:
+    """Log-magnitude spectrograms (dB), one panel per signal, on a shared colour scale."""
+    from scipy import signal as sps
+
+    from ..audio import HOP, N_FFT
+
+    fig = Figure(figsize=(11, 1.5 * len(signals) + 0.5), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(len(signals), 1, sharex=True))
+    specs = {}
+    for label, wave in signals.items():
+        freqs, times, spec = sps.stft(wave, fs=sample_rate, nperseg=N_FFT,
+                                      noverlap=N_FFT - HOP, window="hann")
+        specs[label] = (times, freqs / 1000, 20 * np.log10(np.abs(spec) + 1e-10))
+    top = max(float(db.max()) for _, _, db in specs.values())
+    image = None
+    for ax, (label, (times, khz, db)) in zip(axes, specs.items()):
+        image = ax.pcolormesh(times, khz, db, shading="auto", cmap="magma",
+                              vmin=top - DYNAMIC_RANGE_DB, vmax=top, rasterized=True)
+        ax.set_ylabel("kHz")
+        ax.set_title(label, fontsize=9, loc="left")
+    axes[-1].set_xlabel("time (s)")
+    fig.colorbar(image, ax=list(axes), label="dB", fraction=0.02, pad=0.01)
+    return fig

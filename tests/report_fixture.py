@@ -1,0 +1,206 @@
+"""A small synthetic results tree (docs/results.md) for the report's tests.
+
+Every file is generated here: manifest and short WAVs, per-utterance metrics, summaries,
+profiles and training logs with known values, so tests can check the report's numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import yaml
+from scipy import stats
+
+from mbsnet.report.collect import METRICS
+
+RATE = 16000
+NOISES = ("car", "babble", "cafe")
+SNRS = (0.0, 5.0, 10.0)
+#: metric shift of each system over the noisy input (PESQ-like units; SI-SDR ×6)
+QUALITY = {"noisy": 0.0, "bsrnn": 0.8, "abl1": 1.1, "abl2": 0.6, "abl3": 0.9, "optimized": 1.0}
+PARAMS = {"bsrnn": (2_410_000, 2_400_000), "abl1": (2_610_000, 1_800_000),
+          "abl2": (2_590_000, 2_600_000), "abl3": (2_020_000, 2_000_000),
+          "optimized": (2_290_000, 2_300_000)}
+MODEL = {"channels": 8, "decoder": "uniform",
+         "stages": [{"blocks": [{"type": "lstm", "axis": "time"}]}]}
+
+
+def make_results_tree(
+    root: Path,
+    ablations: Iterable[str] = ("bsrnn", "abl1", "abl2"),
+    seeds: Iterable[int] = (0,),
+    n_test: int = 12,
+    failed_training: Iterable[str] = (),
+    never_run: Iterable[str] = (),
+    no_profile: Iterable[str] = (),
+    save_wavs: bool = True,
+) -> tuple[Path, Path]:
+    """Write ``root/config.yaml`` and ``root/results``; return both paths.
+
+    ``failed_training``: a log and a workflow log that stop mid-run, nothing else;
+    ``never_run``: configured but no files at all; ``no_profile``: trained and evaluated but
+    without profile.json. abl1 has a skipped step, a resumed run, a failed PESQ on one
+    utterance and a pre-flight memory warning.
+    """
+    ablations, seeds = list(ablations), list(seeds)
+    results = root / "results"
+    config = {"data": {"source": "synthetic"}, "seeds": seeds,
+              "ablations": {a: {"claimed_params": PARAMS[a][1], "model": MODEL} for a in ablations},
+              "evaluation": {"save_wavs": save_wavs}, "report": {"baseline": "bsrnn"}}
+    config_path = root / "config.yaml"
+    root.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    utts = _write_data(results / "data", n_test)
+    rng = np.random.default_rng(0)
+    difficulty = rng.normal(0.0, 0.3, size=n_test)
+    _write_eval(results / "noisy" / "eval", "noisy", utts, difficulty, rng, failed=None)
+    for name in ablations:
+        if name in never_run:
+            continue
+        if name in failed_training:
+            _write_failed_training(results, name, seeds[0])
+            continue
+        if name not in no_profile:
+            _write_profile(results / name / "profile.json", name)
+        for seed in seeds:
+            run = results / name / f"seed{seed}"
+            _write_training(run, name, seed, abl1=name == "abl1")
+            eval_dir = run / "eval"
+            _write_eval(eval_dir, name, utts, difficulty + 0.05 * seed, rng,
+                        failed=utts[2]["utt_id"] if name == "abl1" else None)
+            if save_wavs:
+                for utt in utts[:2]:
+                    clean, _ = soundfile.read(results / "data" / utt["clean"])
+                    _wav(eval_dir / "wavs" / f"{utt['utt_id']}.wav",
+                         clean + 0.01 * rng.standard_normal(clean.size))
+    return config_path, results
+
+
+def _wav(path: Path, wave: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, np.clip(wave, -1, 1), RATE, subtype="PCM_16")
+
+
+def _write_data(data: Path, n_test: int) -> list[dict]:
+    rng = np.random.default_rng(1)
+    t = np.arange(int(0.4 * RATE)) / RATE
+    rows = []
+    for i in range(n_test + 2):
+        split = "train" if i < 2 else "test"
+        utt = f"{split}_{i:03d}"
+        noise, snr = NOISES[i % len(NOISES)], SNRS[(i // len(NOISES)) % len(SNRS)]
+        clean = 0.3 * np.sin(2 * np.pi * (200 + 20 * i) * t) * np.hanning(t.size)
+        noisy = clean + 0.3 * 10 ** (-snr / 20) * rng.standard_normal(t.size) * 0.3
+        _wav(data / split / "clean" / f"{utt}.wav", clean)
+        _wav(data / split / "noisy" / f"{utt}.wav", noisy)
+        rows.append({"utt_id": utt, "split": split, "speaker": f"spk{i % 2}", "noise": noise,
+                     "snr": snr, "duration": t.size / RATE, "clean": f"{split}/clean/{utt}.wav",
+                     "noisy": f"{split}/noisy/{utt}.wav"})
+    header = "utt_id\tsplit\tspeaker\tnoise\tsnr\tduration\tclean\tnoisy"
+    lines = [header] + ["\t".join(str(r[k]) for k in header.split("\t")) for r in rows]
+    (data / "manifest.tsv").write_text("\n".join(lines) + "\n")
+    return [r for r in rows if r["split"] == "test"]
+
+
+def _write_eval(eval_dir: Path, system: str, utts: list[dict], difficulty: np.ndarray,
+                rng: np.random.Generator, failed: str | None) -> None:
+    """metrics.tsv with metric = base + quality shift + SNR effect + noise, and summary.json."""
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    base = {"pesq_wb": 1.5, "csig": 2.5, "cbak": 2.0, "covl": 2.0, "ssnr": 2.0,
+            "stoi": 0.80, "estoi": 0.65, "si_sdr": 5.0}
+    scale = {"stoi": 0.05, "estoi": 0.08, "ssnr": 4.0, "si_sdr": 6.0}
+    header = ["utt_id", "system", "snr", "noise", *METRICS, "error"]
+    lines, values = ["\t".join(header)], {m: [] for m in METRICS}
+    for utt, hard in zip(utts, difficulty):
+        row = {"utt_id": utt["utt_id"], "system": system, "snr": utt["snr"],
+               "noise": utt["noise"], "error": ""}
+        for m in METRICS:
+            s = scale.get(m, 1.0)
+            row[m] = base[m] + s * (QUALITY[system] + 0.05 * utt["snr"] - hard
+                                    + 0.05 * rng.standard_normal())
+        if utt["utt_id"] == failed:
+            row["pesq_wb"] = float("nan")
+            row["error"] = "pesq_wb: NoUtterancesError: No utterances detected"
+        for m in METRICS:
+            values[m].append(row[m])
+        lines.append("\t".join("nan" if isinstance(row[k], float) and np.isnan(row[k])
+                               else f"{row[k]:.6f}" if isinstance(row[k], float) else str(row[k])
+                               for k in header))
+    (eval_dir / "metrics.tsv").write_text("\n".join(lines) + "\n")
+    overall = {}
+    for m, v in values.items():
+        x = np.asarray(v)
+        x = x[np.isfinite(x)]
+        ci = float(stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size))
+        overall[m] = {"mean": float(x.mean()), "std": float(x.std(ddof=1)), "ci95": ci,
+                      "n": int(x.size)}
+    summary = {"system": system, "n": len(utts),
+               "failed": {"pesq_wb": int(failed is not None)}, "overall": overall, "by_snr": {}}
+    (eval_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+
+
+def _epoch_lines(name: str, epochs: int, steps: int, skipped_at: int | None) -> list[dict]:
+    lines, step = [], 0
+    for epoch in range(1, epochs + 1):
+        for _ in range(steps):
+            step += 1
+            skipped = step == skipped_at
+            line = {"kind": "step", "epoch": epoch, "step": step,
+                    "gen_loss": None if skipped else 2.0 / step, "disc_loss": None if skipped else 0.1,
+                    "lr": 1e-3, "step_seconds": 0.5, "skipped": skipped}
+            if skipped:
+                line["reason"] = "non-finite generator loss"
+            lines.append(line)
+        lines.append({"kind": "epoch", "epoch": epoch, "gen_loss": 2.0 / epoch + QUALITY[name] / 10,
+                      "val_loss": 1.0 / epoch, "val_pesq": 1.5 + QUALITY[name] * epoch / epochs,
+                      "lr": 1e-3, "seconds": 2.0 * steps, "peak_memory_mb": 900.0,
+                      "skipped_steps": int(skipped_at is not None and (epoch - 1) * steps
+                                           < skipped_at <= epoch * steps),
+                      "disc_skipped": 0})
+    return lines
+
+
+def _write_training(run: Path, name: str, seed: int, abl1: bool) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    lines = _epoch_lines(name, epochs=3, steps=4, skipped_at=6 if abl1 else None)
+    if abl1:
+        lines.insert(9, {"kind": "resume", "epoch": 2, "step": 8, "from": "checkpoint/last.pt"})
+    (run / "train_log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    summary = {"ablation": name, "seed": seed, "epochs": 3, "steps": 12,
+               "wall_seconds": 3725.0 + 100 * seed, "skipped_steps": 1 if abl1 else 0,
+               "disc_skipped_steps": 0, "best_epoch": 3, "best_key": "val_pesq",
+               "best_score": 1.5 + QUALITY[name], "device": "cpu", "peak_memory_mb": 900.0,
+               "resumed": 1 if abl1 else 0, "params": PARAMS[name][0]}
+    (run / "train_summary.json").write_text(json.dumps(summary, indent=2))
+
+
+def _write_failed_training(results: Path, name: str, seed: int) -> None:
+    run = results / name / f"seed{seed}"
+    run.mkdir(parents=True, exist_ok=True)
+    lines = _epoch_lines(name, epochs=1, steps=4, skipped_at=None)
+    (run / "train_log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines)
+                                         + '{"kind": "st')   # torn last line
+    log = results / "logs" / "train" / f"{name}.seed{seed}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("epoch 2 step 5\nmbsnet train: error: 20 consecutive non-finite steps\n")
+
+
+def _write_profile(path: Path, name: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    total, claimed = PARAMS[name]
+    over = name == "abl1"
+    profile = {"ablation": name, "device": "cpu",
+               "params": {"total": total, "per_module": {"encoder": total // 2}, "claimed": claimed,
+                          "ratio": total / claimed},
+               "macs_per_second": 3.1e9 + 1e8 * len(name), "flops_per_second": 6.2e9,
+               "flops_method": "torch.utils.flop_counter",
+               "peak_train_memory_mb": 14000.0 if over else 5000.0 + 100 * len(name),
+               "memory_method": "estimate", "train_step_seconds": 0.25,
+               "inference_rtf": 0.05, "batch_size": 6, "crop_seconds": 2.0, "budget_gb": 12,
+               "within_budget": not over}
+    path.write_text(json.dumps(profile, indent=2))

@@ -1,0 +1,431 @@
+"""The comparison report: statistics, tables, files written, missing pieces, and the page
+as headless Chromium renders it."""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import json
+import math
+import os
+import select
+import shutil
+import subprocess
+import time
+from markupsafe import escape   # as Jinja2 escapes
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mbsnet.cli import main
+from mbsnet.config import config_hash, load_config
+from mbsnet.report import collect, render, stats
+from .report_fixture import make_results_tree
+
+CHROMIUM = "/usr/bin/chromium"
+ALL = ("bsrnn", "abl1", "abl2", "abl3", "optimized")
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def test_t_interval_matches_hand_computation():
+    # mean 3, sd sqrt(2.5), t(0.975, 4) = 2.7764451 from tables -> 2.7764451 * sqrt(2.5 / 5)
+    est = stats.mean_ci([1.0, 2.0, 3.0, 4.0, 5.0, float("nan")])
+    assert est.mean == 3.0 and est.n == 5
+    assert est.ci95 == pytest.approx(2.7764451 * math.sqrt(0.5), abs=1e-6)
+    assert math.isnan(stats.mean_ci([4.0]).ci95)
+    assert stats.mean_ci([]).n == 0
+
+
+def test_seed_estimate_averages_seeds_and_reports_their_spread():
+    s0 = pd.Series([1.0, 2.0, 3.0], index=["a", "b", "c"])
+    s1 = pd.Series([2.0, 4.0, 6.0], index=["a", "b", "c"])
+    est = stats.seed_estimate([s0, s1])
+    assert est.mean == pytest.approx(3.0)           # (2 + 4) / 2
+    assert est.seeds == 2
+    assert est.seed_sd == pytest.approx(math.sqrt(2.0))   # sd of [2, 4]
+    # CI over the per-utterance seed averages [1.5, 3, 4.5]: sd 1.5, t(0.975, 2) = 4.3026527
+    assert est.ci95 == pytest.approx(4.3026527 * 1.5 / math.sqrt(3), abs=1e-6)
+
+
+def test_holm_against_hand_computed_values():
+    # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> monotone 0.06
+    assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert stats.holm([0.5, 0.6]) == [1.0, 1.0]
+    out = stats.holm([0.02, float("nan"), 0.01])    # NaN is not a test: m = 2
+    assert out[0] == pytest.approx(0.02) and math.isnan(out[1]) and out[2] == pytest.approx(0.02)
+
+
+def test_paired_comparison_exact_wilcoxon_and_small_samples():
+    ids = [f"u{i}" for i in range(10)]
+    base = pd.Series(np.zeros(10), index=ids)
+    system = pd.Series(np.arange(1.0, 11.0), index=ids[::-1])   # paired by id, not position
+    result = stats.paired_comparison(system, base)
+    # every difference positive, n = 10: exact two-sided p = 2 / 2**10
+    assert result.n == 10 and result.p == pytest.approx(2 / 1024)
+    assert result.mean_diff == pytest.approx(5.5)
+    small = stats.paired_comparison(system.iloc[:6], base)
+    assert small.n == 6 and math.isnan(small.p) and "too few" in small.note
+    zero = stats.paired_comparison(base, base)
+    assert math.isnan(zero.p) and "zero" in zero.note
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+class _Tables(HTMLParser):
+    """Rows of every <table> with an id: {id: [[cell text, ...], ...]} (body rows only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self._table = self._row = None
+        self._in_body = self._in_cell = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table" and attrs.get("id"):
+            self._table = self.tables.setdefault(attrs["id"], [])
+        elif tag == "tbody" and self._table is not None:
+            self._in_body = True
+        elif tag == "tr" and self._in_body:
+            self._row = []
+            self._table.append(self._row)
+        elif tag == "td" and self._row is not None:
+            self._row.append("")
+            self._in_cell = True
+
+    def handle_endtag(self, tag):
+        if tag == "td":
+            self._in_cell = False
+        elif tag == "table":
+            self._table, self._row, self._in_body = None, None, False
+
+    def handle_data(self, data):
+        if self._in_cell and self._row is not None:
+            self._row[-1] += data
+
+
+def _tables(html: str) -> dict[str, list[list[str]]]:
+    parser = _Tables()
+    parser.feed(html)
+    return parser.tables
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    """The report of a tree where abl3's training failed, `optimized` never ran and abl2
+    has no profile (rendered once: drawing the figures takes seconds)."""
+    root = tmp_path_factory.mktemp("report")
+    config, results = make_results_tree(root, ablations=ALL, failed_training=("abl3",),
+                                        never_run=("optimized",), no_profile=("abl2",))
+    out = results / "report.html"
+    assert main(["report", "--config", str(config), "--results", str(results),
+                 "--out", str(out)]) == 0
+    return out
+
+
+def test_report_from_fixture_tree(report):
+    html = report.read_text()
+    rows = _tables(html)["headline"]
+    assert [r[0] for r in rows] == ["noisy", *ALL]
+    # the noisy row's PESQ cell is the mean ± CI of noisy/eval/metrics.tsv
+    noisy = pd.read_csv(report.parent / "noisy" / "eval" / "metrics.tsv", sep="\t")["pesq_wb"]
+    expected = stats.mean_ci(noisy.to_numpy())
+    assert rows[0][3] == f"{expected.mean:.2f}± {expected.ci95:.2f}"
+
+    tsv = pd.read_csv(report.parent / "summary.tsv", sep="\t")
+    assert list(tsv["system"]) == ["noisy", *ALL]
+    abl1 = pd.read_csv(report.parent / "abl1" / "seed0" / "eval" / "metrics.tsv", sep="\t")
+    row = tsv.set_index("system").loc["abl1"]
+    assert row["pesq_wb"] == pytest.approx(abl1["pesq_wb"].mean(), rel=1e-5)   # NaN left out
+    assert row["si_sdr_ci95"] == pytest.approx(stats.mean_ci(abl1["si_sdr"]).ci95, rel=1e-5)
+    assert row["params"] == 2_610_000 and row["params_ratio"] == pytest.approx(2.61 / 1.8, rel=1e-5)
+    assert row["train_wall_seconds"] == 3725.0
+
+    md = (report.parent / "summary.md").read_text().splitlines()
+    assert [line.split("|")[1].strip() for line in md[2:8]] == ["noisy", *ALL]
+    assert "**2.83 ± 0.18**" in md[4] and "×1.45 ⚠" in md[4]   # abl1: best PESQ, params off
+
+    # parameter mismatch flagged in red, with the ratio
+    assert '<td class="mismatch"' in html and "×1.45" in html
+    # health: skipped step, failed utterance with its reason, resume, memory warning
+    assert "non-finite generator loss ×1" in html
+    assert "No utterances detected" in html and "test_004" in html
+    assert "epoch 2 step 8 from checkpoint/last.pt" in html
+    assert "peak training memory 14,000 MB at batch 6 exceeds the 12 GB budget" in html
+    # provenance, audio and self-containedness
+    assert config_hash(load_config(report.parents[1] / "config.yaml")) in html
+    assert "<details><summary>Resolved config</summary>" in html
+    assert "3.11" in html and "9.27.1" in html                 # Python, snakemake versions
+    assert not any(s in html for s in ('src="http', 'href="http', "@import", "url("))
+    assert html.count("data:audio/wav;base64,") == 5          # clean, noisy, 3 trained ablations
+    assert html.count("data:image/svg+xml;base64,") == 4
+    assert html.count("data:image/png;base64,") == 1          # the spectrograms
+
+
+def test_missing_pieces_render_as_missing_cells(report):
+    html = report.read_text()
+    rows = {r[0]: r for r in _tables(html)["headline"]}
+    assert rows["abl3"][3] == "missing: training did not finish"
+    assert rows["optimized"][3] == "missing: not run"
+    assert rows["abl2"][3][0].isdigit()                               # scored all the same
+    assert "missing: not profiled" in rows["abl2"]
+    assert rows["optimized"][-1] == "missing: not run"               # training wall time
+    # the evidence: the log the workflow left, in the cell's tooltip and under Health
+    evidence = ('training did not finish (1 epoch(s) logged, no abl3/seed0/train_summary.json; '
+                'see logs/train/abl3.seed0.log: "mbsnet train: error: 20 consecutive non-finite '
+                'steps")')
+    assert f'<td class="missing" colspan="8" title="{escape(evidence)}">' in html
+    assert f"<b>abl3 seed 0</b>: missing: {escape(evidence)}</li>" in html
+    assert "<b>abl2 profile</b>: missing: not profiled (no abl2/profile.json)" in html
+    assert "missing: abl3 was not scored" in html                    # its audio player
+    tsv = pd.read_csv(report.parent / "summary.tsv", sep="\t").set_index("system")
+    assert math.isnan(tsv.loc["abl3", "pesq_wb"])
+    assert tsv.loc["optimized", "missing"] == (
+        "pesq_wb,csig,cbak,covl,ssnr,stoi,estoi,si_sdr,train_wall_seconds: not run (no "
+        "optimized/seed0/); macs_per_second,peak_train_memory_mb,train_step_seconds,inference_rtf,"
+        "params,params_ratio: not profiled (no optimized/profile.json)")
+    assert tsv.loc["abl2", "missing"] == ("macs_per_second,peak_train_memory_mb,train_step_seconds,"
+                                          "inference_rtf: not profiled (no abl2/profile.json)")
+    md = (report.parent / "summary.md").read_text()
+    assert "missing [1]" in md and "] missing: not profiled (no abl2/profile.json)" in md
+
+
+def test_significance_against_baseline(tmp_path):
+    config, results = make_results_tree(tmp_path, n_test=12)
+    res = collect.load_results(results, load_config(config))
+    rows = collect.significance(res)
+    assert [(r.system, r.metric) for r in rows] == [
+        ("abl1", "pesq_wb"), ("abl1", "si_sdr"), ("abl2", "pesq_wb"), ("abl2", "si_sdr")]
+    assert rows[0].result.n == 11                  # abl1's failed PESQ utterance is unpaired
+    assert rows[1].result.n == 12
+    assert rows[0].result.p == pytest.approx(2 / 2**11)   # all 11 differences positive
+    assert [r.p_holm for r in rows] == pytest.approx(stats.holm([r.result.p for r in rows]))
+    assert all(r.significant for r in rows)
+    assert rows[0].result.mean_diff > 0 and rows[2].result.mean_diff < 0
+    context = render.significance_context(res)
+    assert context["small"] == ""
+    assert [r["verdict"] for r in context["rows"]] == ["better than baseline"] * 2 + [
+        "worse than baseline"] * 2
+
+
+def test_too_small_test_set_is_said_plainly(tmp_path):
+    config, results = make_results_tree(tmp_path, n_test=6, ablations=("bsrnn", "abl1"))
+    context = render.significance_context(collect.load_results(results, load_config(config)))
+    assert context["small"].startswith("The test set is too small for any conclusion: 6")
+    assert [r["verdict"] for r in context["rows"]] == [   # abl1's PESQ failed on one of them
+        "too few paired utterances for a conclusion (5 < 10)",
+        "too few paired utterances for a conclusion (6 < 10)"]
+    assert [r["p_holm"] for r in context["rows"]] == ["—", "—"]
+
+
+def test_several_seeds_show_the_spread(tmp_path):
+    config, results = make_results_tree(tmp_path, seeds=(0, 1), ablations=("bsrnn", "abl1"))
+    rows = collect.headline(collect.load_results(results, load_config(config)))
+    per_seed = [pd.read_csv(results / "bsrnn" / f"seed{s}" / "eval" / "metrics.tsv",
+                            sep="\t")["stoi"].mean() for s in (0, 1)]
+    est = rows[1].metrics["stoi"]
+    assert est.seeds == 2 and est.mean == pytest.approx(np.mean(per_seed))
+    assert est.seed_sd == pytest.approx(np.std(per_seed, ddof=1))
+    assert rows[1].costs["train_wall_seconds"] == 3775.0            # mean of 3725 and 3825
+    cells = render.headline_cells(rows[1])
+    assert cells[5].text == f"{est.mean:.3f}" and cells[5].sub[1] == f"sd {est.seed_sd:.3f}"
+    tsv = render.summary_frame(rows).set_index("system")
+    assert tsv.loc["bsrnn", "stoi_seed_sd"] == pytest.approx(est.seed_sd)
+
+
+def test_example_without_saved_wavs_says_why(tmp_path):
+    config, results = make_results_tree(tmp_path, ablations=("bsrnn",), save_wavs=False)
+    example = collect.example_audio(collect.load_results(results, load_config(config)))
+    assert example.utt_id == "test_002"                           # the first test utterance
+    assert example.signals["clean"].shape == (6400,)
+    assert str(example.signals["bsrnn"]) == ("missing: enhanced audio not saved "
+                                             "(evaluation.save_wavs is false)")
+
+
+def test_bad_inputs_are_user_errors(tmp_path, capsys):
+    config, results = make_results_tree(tmp_path, ablations=("bsrnn",))
+    assert main(["report", "--config", str(config), "--results", str(tmp_path / "nope")]) == 2
+    assert "results directory" in capsys.readouterr().err
+    assert main(["report", "--config", str(tmp_path / "missing.yaml"),
+                 "--results", str(results)]) == 2
+
+
+def test_failure_leaves_previous_report_untouched(tmp_path, monkeypatch):
+    config, results = make_results_tree(tmp_path, ablations=("bsrnn",))
+    out = results / "report.html"
+    out.write_text("previous")
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("figure failed")
+
+    monkeypatch.setattr(render.figures, "training_curves", boom)
+    with pytest.raises(RuntimeError):
+        render.write_report(load_config(config), results, out)
+    assert out.read_text() == "previous"
+    assert not (results / "summary.tsv").exists()
+    assert not [p for p in results.iterdir() if p.name.endswith(".tmp")]
+
+
+# --------------------------------------------------------------------------- headless Chromium
+
+
+def _above_4(fd: int) -> int:
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return high
+
+
+class DevTools:
+    """A minimal Chrome DevTools Protocol client over --remote-debugging-pipe (fds 3 and 4)."""
+
+    def __init__(self, user_data_dir: Path, timeout: float = 25.0):
+        to_browser_r, self._to_browser = os.pipe()
+        self._from_browser, from_browser_w = os.pipe()
+        # the shell sets the child's fds 3 and 4: keep ours clear of them
+        to_browser_r, from_browser_w = _above_4(to_browser_r), _above_4(from_browser_w)
+        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-quic", "--remote-debugging-pipe", f"--user-data-dir={user_data_dir}",
+                 "--window-size=1280,2000", "about:blank"]
+        self.proc = subprocess.Popen(
+            ["bash", "-c", f'exec 3<&{to_browser_r} 4>&{from_browser_w}; exec "$0" "$@"',
+             CHROMIUM, *flags],
+            pass_fds=(to_browser_r, from_browser_w), stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        os.close(to_browser_r)
+        os.close(from_browser_w)
+        self.deadline = time.monotonic() + timeout
+        self.events: list[dict] = []
+        self._buffer = b""
+        self._next_id = 0
+
+    def _read_message(self) -> dict:
+        while b"\0" not in self._buffer:
+            left = self.deadline - time.monotonic()
+            if left <= 0 or not select.select([self._from_browser], [], [], left)[0]:
+                raise TimeoutError("Chromium did not answer in time")
+            chunk = os.read(self._from_browser, 1 << 16)
+            if not chunk:
+                raise EOFError("Chromium closed the DevTools pipe")
+            self._buffer += chunk
+        message, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(message)
+
+    def send(self, method: str, params: dict | None = None, session: str | None = None) -> dict:
+        self._next_id += 1
+        message = {"id": self._next_id, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = session
+        os.write(self._to_browser, json.dumps(message).encode() + b"\0")
+        while True:
+            reply = self._read_message()
+            if reply.get("id") == self._next_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply["result"]
+            self.events.append(reply)
+
+    def wait_for(self, method: str) -> dict:
+        for event in self.events:
+            if event.get("method") == method:
+                return event
+        while True:
+            event = self._read_message()
+            self.events.append(event)
+            if event.get("method") == method:
+                return event
+
+    def close(self) -> None:
+        try:
+            self.send("Browser.close")
+        except (OSError, EOFError, TimeoutError, RuntimeError):
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self._to_browser)
+        os.close(self._from_browser)
+
+
+def load_in_chromium(page: Path, tmp_path: Path, screenshot: Path) -> tuple[int, list[str]]:
+    """Open ``page``; return (headline body rows, problems) and save a screenshot.
+
+    Problems: uncaught exceptions, console errors and warnings, browser log errors (e.g.
+    failed loads) and any request that is not to a file: or data: URL (network access)."""
+    browser = DevTools(tmp_path / "chromium-profile")
+    try:
+        target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = browser.send("Target.attachToTarget",
+                               {"targetId": target, "flatten": True})["sessionId"]
+        for domain in ("Page", "Runtime", "Log", "Network"):
+            browser.send(f"{domain}.enable", session=session)
+        browser.send("Emulation.setDeviceMetricsOverride",
+                     {"width": 1280, "height": 2000, "deviceScaleFactor": 1, "mobile": False},
+                     session=session)
+        browser.send("Page.navigate", {"url": page.resolve().as_uri()}, session=session)
+        browser.wait_for("Page.loadEventFired")
+        rows = browser.send("Runtime.evaluate", {
+            "expression": "document.querySelectorAll('#headline tbody tr').length",
+            "returnByValue": True}, session=session)["result"]["value"]
+        shot = browser.send("Page.captureScreenshot", {"format": "png"}, session=session)
+        screenshot.write_bytes(base64.b64decode(shot["data"]))
+        problems = []
+        for event in browser.events:
+            method, params = event.get("method"), event.get("params", {})
+            if method == "Runtime.exceptionThrown":
+                details = params["exceptionDetails"]
+                problems.append(f"{details.get('text')}: "
+                                f"{details.get('exception', {}).get('description', '')}")
+            elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "warning", "assert"):
+                problems.append(f"console.{params['type']}: {params.get('args')}")
+            elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
+                problems.append(f"log: {params['entry'].get('text')}")
+            elif method == "Network.requestWillBeSent":
+                url = params["request"]["url"]
+                if not url.startswith(("file:", "data:", "about:")):
+                    problems.append(f"network request: {url}")
+        return rows, problems
+    finally:
+        browser.close()
+
+
+@pytest.fixture
+def chromium():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium package "
+                    "(apt-get install -y chromium) to run the browser test")
+    return CHROMIUM
+
+
+@pytest.mark.timeout(60)
+def test_page_in_headless_chromium(report, tmp_path, chromium):
+    screenshot = tmp_path / "report.png"
+    rows, problems = load_in_chromium(report, tmp_path, screenshot)
+    assert problems == []
+    assert rows == len(ALL) + 1
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 20_000
+    keep = os.environ.get("MBSNET_REPORT_SCREENSHOT")   # to look at it: a path to copy it to
+    if keep:
+        shutil.copy(screenshot, keep)
+
+
+@pytest.mark.timeout(60)
+def test_chromium_check_catches_errors_and_network(tmp_path, chromium):
+    """The browser check itself: a page with a script error and an external load fails it."""
+    page = tmp_path / "bad.html"
+    page.write_text('<table id="headline"><tbody><tr><td>x</td></tr></tbody></table>'
+                    '<img src="http://127.0.0.1:9/x.png">'
+                    '<script>console.error("boom"); throw new Error("kaboom")</script>')
+    rows, problems = load_in_chromium(page, tmp_path, tmp_path / "bad.png")
+    assert rows == 1
+    assert any("kaboom" in p for p in problems)
+    assert any(p.startswith("console.error") for p in problems)
+    assert any("127.0.0.1:9" in p for p in problems)
