@@ -1,0 +1,14 @@
+"""Speech-enhancement metrics: PESQ-WB, CSIG/CBAK/COVL, segmental SNR, STOI, ESTOI, SI-SDR.
+
+``score_pair`` scores one (clean, degraded) pair with all of them; ``score_many`` scores
+many in worker processes. Signals are float in [-1, 1] at 16 kHz.
+"""
+
+from .composite import composite, segmental_snr
+from .score import METRICS, iter_scores, read_wav, score_many, score_pair
+from .standard import MetricFailure, pesq_wb, pesq_wb_checked, pesq_wb_strict, si_sdr, stoi
+
+__all__ = [
+    "METRICS", "MetricFailure", "composite", "iter_scores", "pesq_wb", "pesq_wb_checked",
+    "pesq_wb_strict", "read_wav", "score_many", "score_pair", "segmental_snr", "si_sdr", "stoi",
+]
