@@ -1,0 +1,1 @@
+"""Corpus preparation (synthetic eSpeak NG corpus, VoiceBank-DEMAND import) and loading."""

@@ -1,0 +1,148 @@
+"""The prepared corpus on disk (docs/results.md, ``data/``): WAV pairs and manifest.tsv.
+
+``{split}/clean/{utt_id}.wav`` and ``{split}/noisy/{utt_id}.wav``, 16 kHz mono PCM-16, and a
+tab-separated manifest with the columns :data:`COLUMNS`, paths relative to its directory.
+"""
+
+from __future__ import annotations
+
+import math
+import wave
+from collections.abc import Iterable, Sequence
+from dataclasses import astuple, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..atomic import write_text
+from ..errors import ConfigError, DataError
+
+SAMPLE_RATE = 16000
+MANIFEST = "manifest.tsv"
+COLUMNS = ("utt_id", "split", "speaker", "noise", "snr", "duration", "clean", "noisy")
+SPLITS = ("train", "valid", "test")
+UNKNOWN_NOISE = "unknown"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One manifest line; ``snr`` is NaN when unknown, paths are relative."""
+
+    utt_id: str
+    split: str
+    speaker: str
+    noise: str
+    snr: float
+    duration: float
+    clean: str
+    noisy: str
+
+
+def pair_paths(split: str, utt_id: str) -> tuple[str, str]:
+    """Relative paths of an utterance's clean and noisy WAVs."""
+    return f"{split}/clean/{utt_id}.wav", f"{split}/noisy/{utt_id}.wav"
+
+
+def write_wav(path: Path, samples: np.ndarray) -> None:
+    """A 16 kHz mono PCM-16 WAV file (a plain 44-byte header, nothing else)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(SAMPLE_RATE)
+        out.writeframes(np.asarray(samples, dtype="<i2").tobytes())
+
+
+def write_pair(root: Path, split: str, utt_id: str, speaker: str, noise: str, snr: float,
+               clean: np.ndarray, noisy: np.ndarray) -> Row:
+    """Write an utterance's int16 clean/noisy signals under ``root`` and return its row."""
+    if clean.dtype != np.int16 or noisy.dtype != np.int16 or clean.shape != noisy.shape:
+        raise ValueError(f"{utt_id}: clean and noisy must be int16 arrays of one shape")
+    rel = pair_paths(split, utt_id)
+    for path, samples in zip(rel, (clean, noisy)):
+        write_wav(root / path, samples)
+    return Row(utt_id, split, speaker, noise, float(snr), len(clean) / SAMPLE_RATE, *rel)
+
+
+def _format_row(row: Row) -> str:
+    values = astuple(row)
+    snr = "nan" if math.isnan(row.snr) else repr(float(row.snr))
+    fields = [*values[:4], snr, f"{row.duration:.6f}", *values[6:]]
+    return "\t".join(str(v) for v in fields)
+
+
+def write_manifest(rows: Iterable[Row], path: Path) -> None:
+    """Write the manifest atomically, rows ordered by split (train, valid, test) then id."""
+    rows = sorted(rows, key=lambda r: (SPLITS.index(r.split), r.utt_id))
+    ids = [r.utt_id for r in rows]
+    if len(set(ids)) != len(ids):
+        raise DataError("duplicate utterance ids in the corpus")
+    write_text(path, "\t".join(COLUMNS) + "\n" + "".join(_format_row(r) + "\n" for r in rows))
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """Read a manifest: string columns, float ``snr``/``duration``, absolute WAV paths.
+
+    Raises DataError when the file is missing, malformed or lists WAVs that do not exist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"manifest {path} not found (run `mbsnet prepare` first)")
+    try:
+        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise DataError(f"manifest {path} is not a valid TSV file: {exc}") from exc
+    if tuple(frame.columns) != COLUMNS:
+        raise DataError(f"manifest {path}: expected the columns {' '.join(COLUMNS)}, "
+                        f"found {' '.join(map(str, frame.columns))}")
+    problems = []
+    for column in ("snr", "duration"):
+        values = pd.to_numeric(frame[column], errors="coerce")
+        bad = values.isna() & (frame[column].str.lower() != "nan")
+        if column == "duration":
+            bad |= ~(values > 0)
+        problems += [f"line {i + 2}: bad {column} {frame[column][i]!r}" for i in np.flatnonzero(bad)]
+        frame[column] = values.astype(float)
+    bad_split = ~frame["split"].isin(SPLITS)
+    problems += [f"line {i + 2}: unknown split {frame['split'][i]!r}" for i in np.flatnonzero(bad_split)]
+    duplicated = frame["utt_id"][frame["utt_id"].duplicated()].tolist()
+    problems += [f"duplicate utt_id {u!r}" for u in duplicated]
+    if problems:
+        raise DataError(f"manifest {path} is malformed:\n" + format_list(problems))
+    base = path.resolve().parent
+    for column in ("clean", "noisy"):
+        frame[column] = [str(base / p) for p in frame[column]]
+    missing = [p for column in ("clean", "noisy") for p in frame[column] if not Path(p).is_file()]
+    if missing:
+        raise DataError(f"manifest {path} lists {len(missing)} WAV file(s) that do not exist:\n"
+                        + format_list(missing))
+    return frame
+
+
+def format_list(items: Sequence[str], cap: int = 10) -> str:
+    """Indented lines, at most ``cap`` of them, then how many more there are."""
+    lines = [f"  {item}" for item in items[:cap]]
+    if len(items) > cap:
+        lines.append(f"  ... and {len(items) - cap} more")
+    return "\n".join(lines)
+
+
+def choose_valid_speakers(train_speakers: Sequence[str], spec: int | Sequence[str],
+                          seed: int) -> list[str]:
+    """Training speakers held out for validation (``data.valid_speakers``): ``spec`` is a
+    count, picked reproducibly with ``seed``, or a list of speaker ids."""
+    speakers = sorted(set(train_speakers))
+    if isinstance(spec, int):
+        if spec >= len(speakers):
+            raise ConfigError(f"data.valid_speakers: cannot hold out {spec} of the "
+                              f"{len(speakers)} training speakers (at least one must train)")
+        picked = np.random.default_rng(seed).choice(len(speakers), size=spec, replace=False)
+        return sorted(speakers[i] for i in picked)
+    unknown = sorted(set(spec) - set(speakers))
+    if unknown:
+        raise ConfigError(f"data.valid_speakers: {', '.join(unknown)} not among the training "
+                          f"speakers ({', '.join(speakers)})")
+    if len(set(spec)) >= len(speakers):
+        raise ConfigError("data.valid_speakers: at least one training speaker must remain")
+    return sorted(set(spec))
