@@ -30,7 +30,7 @@ class BandSplitNet(nn.Module):
 
     def __init__(self, spec: ModelSpec, *, gradient_checkpointing: bool = False) -> None:
         super().__init__()
-        self.spec = spec
+        self.settings = spec
         self.gradient_checkpointing = gradient_checkpointing
         self.band_split = BandSplit(spec.channels)
         self.layers = nn.ModuleList(build_layer(block, spec.channels) for block in spec.layers)

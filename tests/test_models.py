@@ -1,0 +1,409 @@
+"""The networks: fidelity (parameter counts), shapes, masks, causality, gradients, configs, I/O."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mbsnet.audio import HOP, N_BINS, SAMPLE_RATE, stft
+from mbsnet.cli import main
+from mbsnet.commands.params import format_table
+from mbsnet.config import load_config
+from mbsnet.errors import ConfigError, MbsnetError
+from mbsnet.models import (BAND_WIDTHS, BiMambaLayer, Discriminator, FeatureMLPLayer, LSTMLayer,
+                           MambaBlock, MambaLayer, apply_mask, build_model, count_parameters,
+                           decoder_expansions, load_model, save_model)
+
+CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
+
+# Measured parameter counts of the original implementations (issue 2).
+ORIGINAL_PARAMS = {
+    "bsrnn": 2_963_024,
+    "abl1": 3_858_448,
+    "abl2": 4_008_592,
+    "abl3": 3_201_424,
+    "optimized": 2_139_920,
+}
+
+# Every kind of layer, on both axes, at a size that keeps the slow reference scan quick.
+TINY = {
+    "channels": 8,
+    "decoder": "adaptive",
+    "final_norm": True,
+    "stages": [
+        {"blocks": [{"type": "lstm", "axis": "time", "bidirectional": False},
+                    {"type": "lstm", "axis": "band", "bidirectional": True}]},
+        {"repeat": 2, "blocks": [{"type": "mamba", "axis": "time", "d_state": 4}]},
+        {"blocks": [{"type": "mamba", "axis": "band", "bidirectional": True, "d_state": 4},
+                    {"type": "mlp", "axis": "band"}]},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def config() -> dict:
+    return load_config(CONFIG)
+
+
+def frames(samples: int) -> int:
+    return samples // HOP + 1
+
+
+def noisy_spec(batch: int, samples: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return stft(torch.randn(batch, samples, generator=generator))
+
+
+# --- fidelity -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(ORIGINAL_PARAMS))
+def test_parameter_counts_match_the_original_implementations(config, name):
+    model = build_model(config["ablations"][name]["model"])
+    counts = count_parameters(model)
+    assert counts["total"] == ORIGINAL_PARAMS[name]
+    assert sum(counts["per_module"].values()) == counts["total"]
+    assert set(counts["per_module"]) >= {"band_split", "layers", "decoder"}
+
+
+def test_discriminator_parameter_count():
+    assert count_parameters(Discriminator(ndf=16))["total"] == 181_650
+
+
+def test_bsrnn_runs_all_time_layers_before_the_band_layers(config):
+    """Original BSRNN forward: num_layer temporal LSTM blocks, then num_layer band BLSTMs."""
+    layers = build_model(config["ablations"]["bsrnn"]["model"]).layers
+    order = [(type(layer).__name__, layer.axis, layer.rnn.bidirectional) for layer in layers]
+    assert order == [("LSTMLayer", "time", False)] * 5 + [("LSTMLayer", "band", True)] * 5, (
+        "config.yaml's bsrnn stages must be 5 x time LSTM, then 5 x band BLSTM "
+        "(two stages), not 5 x [time, band] interleaved")
+
+
+def test_stages_unroll_in_order_with_repeats():
+    layers = build_model(TINY).layers
+    kinds = [(type(layer).__name__, getattr(layer, "axis", None)) for layer in layers]
+    assert kinds == [("LSTMLayer", "time"), ("LSTMLayer", "band"), ("MambaLayer", "time"),
+                     ("MambaLayer", "time"), ("BiMambaLayer", "band"), ("FeatureMLPLayer", None)]
+
+
+def test_decoder_expansions_per_band():
+    assert decoder_expansions("uniform") == (4,) * 31
+    assert decoder_expansions("lightweight") == (2,) * 31
+    adaptive = decoder_expansions("adaptive")
+    assert len(adaptive) == len(BAND_WIDTHS) == 31
+    # 2 on the 11 narrow bands (2 and 3 bins), 3 on the 8-bin bands, 4 on the widest
+    assert {w: {e for e, w2 in zip(adaptive, BAND_WIDTHS) if w2 == w} for w in set(BAND_WIDTHS)} \
+        == {2: {2}, 3: {2}, 8: {3}, 16: {4}, 17: {4}}
+
+
+# --- shapes ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("samples", [SAMPLE_RATE, 2 * SAMPLE_RATE, 38 * HOP + 5])
+def test_output_shape_follows_the_input(samples):
+    model = build_model(TINY).eval()
+    spec = noisy_spec(1, samples)
+    assert spec.shape == (1, N_BINS, frames(samples))
+    with torch.no_grad():
+        out = model(spec)
+    assert out.shape == spec.shape and out.dtype == torch.complex64
+    assert torch.isfinite(torch.view_as_real(out)).all()
+    if samples == 38 * HOP + 5:
+        assert out.shape[-1] == 39  # an odd frame count
+
+
+@pytest.mark.parametrize("decoder", ["uniform", "lightweight", "adaptive"])
+def test_every_decoder_gives_a_complex_mask_per_bin(decoder):
+    cfg = {"channels": 4, "decoder": decoder,
+           "stages": [{"blocks": [{"type": "mlp", "axis": "band"}]}]}
+    model = build_model(cfg).eval()
+    spec = noisy_spec(2, 6 * HOP)
+    with torch.no_grad():
+        mask = model.decoder(model.encode(spec))
+    assert mask.shape == (2, N_BINS, spec.shape[-1], 3) and mask.dtype == torch.complex64
+
+
+def test_band_split_feature_shape():
+    model = build_model(TINY)
+    z = model.band_split(noisy_spec(3, 10 * HOP))
+    assert z.shape == (3, 8, 11, 31)
+
+
+def test_rejects_a_real_input():
+    with pytest.raises(ValueError, match="complex STFT"):
+        build_model(TINY)(torch.randn(1, N_BINS, 5))
+
+
+# --- the 3-tap mask -------------------------------------------------------------------
+
+def test_mask_0_1_0_is_the_identity():
+    spec = noisy_spec(2, 20 * HOP)
+    mask = torch.zeros(*spec.shape, 3, dtype=torch.complex64)
+    mask[..., 1] = 1
+    assert torch.equal(apply_mask(spec, mask), spec)
+
+
+def test_mask_is_a_three_tap_filter_over_time():
+    torch.manual_seed(0)
+    spec = noisy_spec(1, 6 * HOP)
+    mask = torch.randn(*spec.shape, 3, dtype=torch.complex64)
+    T = spec.shape[-1]
+    expected = torch.zeros_like(spec)
+    for t in range(T):
+        for tap, source in enumerate((t - 1, t, t + 1)):
+            if 0 <= source < T:
+                expected[..., t] += mask[..., t, tap] * spec[..., source]
+    torch.testing.assert_close(apply_mask(spec, mask), expected)
+
+
+def test_mask_tap_0_delays_by_one_frame():
+    spec = noisy_spec(1, 8 * HOP)
+    mask = torch.zeros(*spec.shape, 3, dtype=torch.complex64)
+    mask[..., 0] = 1
+    out = apply_mask(spec, mask)
+    assert torch.equal(out[..., 1:], spec[..., :-1])
+    assert torch.equal(out[..., 0], torch.zeros_like(out[..., 0]))
+
+
+# --- causality ------------------------------------------------------------------------
+
+def _perturbed_at(x: torch.Tensor, t: int, dim: int) -> torch.Tensor:
+    y = x.clone()
+    y.select(dim, t).add_(torch.randn_like(y.select(dim, t)))
+    return y
+
+
+def test_unidirectional_mamba_block_is_causal():
+    torch.manual_seed(0)
+    block = MambaBlock(channels=8, d_state=4).eval()
+    x = torch.randn(2, 12, 8)
+    t = 5
+    with torch.no_grad():
+        y, y2 = block(x), block(_perturbed_at(x, t, dim=1))
+    torch.testing.assert_close(y2[:, :t], y[:, :t], rtol=0, atol=1e-6)
+    assert (y2[:, t:] - y[:, t:]).abs().amax(dim=(0, 2)).min() > 1e-6
+
+
+def test_reversed_direction_of_a_bidirectional_layer_is_anti_causal():
+    torch.manual_seed(0)
+    layer = BiMambaLayer(channels=8, axis="time", d_state=4, expand=1).eval()
+    with torch.no_grad():
+        layer.forward_block.out_proj.weight.zero_()   # leave only the reversed block's mixing
+    z = torch.randn(2, 8, 12, 3)                      # [B, N, T, K]
+    t = 6
+    with torch.no_grad():
+        y, y2 = layer(z), layer(_perturbed_at(z, t, dim=2))
+    torch.testing.assert_close(y2[:, :, t + 1:], y[:, :, t + 1:], rtol=0, atol=1e-6)
+    assert (y2[:, :, :t + 1] - y[:, :, :t + 1]).abs().amax(dim=(0, 1, 3)).min() > 1e-6
+
+
+@pytest.mark.parametrize("axis", ["time", "band"])
+def test_mamba_layer_runs_along_its_axis(axis):
+    """A unidirectional layer is causal along its own axis and independent across the other."""
+    torch.manual_seed(0)
+    layer = MambaLayer(channels=8, axis=axis, d_state=4, expand=1).eval()
+    z = torch.randn(2, 8, 7, 5)                       # [B, N, T=7, K=5]
+    frame, band = 3, 2
+    z2 = z.clone()
+    z2[:, :, frame, band] += torch.randn(2, 8)
+    with torch.no_grad():
+        changed = (layer(z2) - layer(z)).abs().amax(dim=(0, 1)) > 1e-6   # [T, K]
+    expected = torch.zeros(7, 5, dtype=torch.bool)
+    if axis == "time":
+        expected[frame:, band] = True                 # later frames of the same band
+    else:
+        expected[frame, band:] = True                 # higher bands of the same frame
+    assert torch.equal(changed, expected)
+
+
+# --- gradients ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(ORIGINAL_PARAMS))
+def test_forward_backward_of_every_variant_gives_finite_gradients(config, name):
+    torch.manual_seed(0)
+    model = build_model(config["ablations"][name]["model"]).train()
+    spec = noisy_spec(2, 7 * HOP)   # 8 frames: every path runs, and it stays quick on CPU
+    out = model(spec)
+    loss = (out - spec).abs().mean()
+    loss.backward()
+    assert torch.isfinite(loss)
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, pname
+        assert torch.isfinite(p.grad).all(), pname
+    assert any(p.grad.abs().sum() > 0 for p in model.layers.parameters())
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    cfg = {"channels": 8, "decoder": "lightweight", "stages": [{"blocks": [
+        {"type": "mamba", "axis": "time", "d_state": 4},
+        {"type": "mamba", "axis": "band", "bidirectional": True, "d_state": 4}]}]}
+    plain = build_model(cfg).train()
+    ckpt = build_model(cfg, gradient_checkpointing=True).train()
+    ckpt.load_state_dict(plain.state_dict())
+    spec = noisy_spec(2, 8 * HOP)
+    for model in (plain, ckpt):
+        model(spec).abs().mean().backward()
+    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, msg=name)
+
+
+def test_bf16_autocast_keeps_stft_and_mask_float32():
+    model = build_model(TINY).eval()
+    spec = noisy_spec(1, 8 * HOP)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        mask = model.decoder(model.encode(spec))
+        out = model(spec)
+    assert mask.dtype == torch.complex64 and out.dtype == torch.complex64
+    assert torch.isfinite(torch.view_as_real(out)).all()
+
+
+# --- initialisation -------------------------------------------------------------------
+
+def test_bsrnn_initialisation():
+    model = build_model({"channels": 8, "decoder": "uniform", "stages": [{"blocks": [
+        {"type": "lstm", "axis": "band", "bidirectional": True}]}]})
+    layer = model.layers[0]
+    assert isinstance(layer, LSTMLayer)
+    for name, p in layer.rnn.named_parameters():
+        if name.startswith("bias"):
+            assert torch.equal(p, torch.zeros_like(p))
+        elif name.startswith("weight_hh"):   # [4H, H], orthogonal columns
+            torch.testing.assert_close(p.T @ p, torch.eye(p.shape[1]), atol=1e-5, rtol=0)
+        else:                                 # xavier-uniform bound sqrt(6 / (fan_in + fan_out))
+            assert p.abs().max() <= math.sqrt(6 / sum(p.shape))
+    linears = [layer.proj, model.band_split.projections[0], model.decoder.heads[30].fc2]
+    for linear in linears:
+        assert torch.equal(linear.bias, torch.zeros_like(linear.bias))
+        assert linear.weight.abs().max() <= math.sqrt(6 / sum(linear.weight.shape))
+
+
+def test_mamba_initialisation():
+    torch.manual_seed(0)
+    block = MambaBlock(channels=32, d_state=6)
+    assert block.dt_rank == 2
+    dt = F.softplus(block.dt_proj.bias)
+    assert dt.min() >= 1e-3 * (1 - 1e-5) and dt.max() <= 1e-1 * (1 + 1e-5)
+    assert dt.max() / dt.min() > 10          # spread log-uniformly, not constant
+    torch.testing.assert_close(block.A_log, torch.arange(1., 7.).log().expand(32, 6))
+    assert torch.equal(block.D, torch.ones(32))
+    assert block.conv.groups == 32 and block.conv.kernel_size == (4,) and block.conv.bias is not None
+    assert block.in_proj.bias is None and block.x_proj.bias is None and block.out_proj.bias is None
+
+
+def test_feature_mlp_layer_is_residual_linear_norm_gelu():
+    torch.manual_seed(0)
+    layer = FeatureMLPLayer(channels=6)
+    z = torch.randn(2, 6, 4, 3)
+    x = z.permute(0, 2, 3, 1)
+    expected = x + F.gelu(F.layer_norm(layer.fc(x), (6,), layer.norm.weight, layer.norm.bias))
+    torch.testing.assert_close(layer(z), expected.permute(0, 3, 1, 2))
+
+
+# --- discriminator --------------------------------------------------------------------
+
+def test_discriminator_scores_in_range_and_accepts_both_layouts():
+    torch.manual_seed(0)
+    disc = Discriminator(ndf=4).eval()
+    clean, est = torch.rand(3, N_BINS, 33), torch.rand(3, N_BINS, 33)
+    score = disc(clean, est)
+    assert score.shape == (3, 1)
+    assert ((score > 0) & (score < 1.2)).all()
+    torch.testing.assert_close(disc(clean.unsqueeze(1), est.unsqueeze(1)), score)
+    with pytest.raises(ValueError, match="magnitude"):
+        disc(clean.unsqueeze(0), est.unsqueeze(0))
+
+
+# --- configuration errors -------------------------------------------------------------
+
+def _set(cfg: dict, path: list, value) -> dict:
+    cfg = copy.deepcopy(cfg)
+    node = cfg
+    for key in path[:-1]:
+        node = node[key]
+    if value is KeyError:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return cfg
+
+
+@pytest.mark.parametrize("path, value, key", [
+    (["decoder"], "fancy", "model.decoder"),
+    (["channels"], KeyError, "model.channels"),
+    (["channels"], 0, "model.channels"),
+    (["stages"], [], "model.stages"),
+    (["stages", 0, "repeat"], 0, "model.stages[0].repeat"),
+    (["stages", 0, "blocks", 1, "type"], "gru", "model.stages[0].blocks[1].type"),
+    (["stages", 0, "blocks", 0, "axis"], "freq", "model.stages[0].blocks[0].axis"),
+    (["stages", 0, "blocks", 0, "axis"], KeyError, "model.stages[0].blocks[0].axis"),
+    (["stages", 2, "blocks", 0, "d_state"], 0, "model.stages[2].blocks[0].d_state"),
+    (["stages", 2, "blocks", 0, "d_state"], -3, "model.stages[2].blocks[0].d_state"),
+    (["stages", 1, "blocks", 0, "expand"], 1.5, "model.stages[1].blocks[0].expand"),
+    (["stages", 2, "blocks", 0, "bidirectional"], "yes", "model.stages[2].blocks[0].bidirectional"),
+    (["stages", 2, "blocks", 1, "bidirectional"], True, "model.stages[2].blocks[1].bidirectional"),
+    (["stages", 1, "blocks", 0, "d_sate"], 4, "model.stages[1].blocks[0].d_sate"),
+    (["stages", 0, "blocks"], "lstm", "model.stages[0].blocks"),
+])
+def test_bad_model_settings_name_the_key(path, value, key):
+    with pytest.raises(ConfigError) as excinfo:
+        build_model(_set(TINY, path, value))
+    assert str(excinfo.value).startswith(key + ":")
+
+
+def test_model_settings_must_be_a_mapping():
+    with pytest.raises(ConfigError, match="^model: expected a mapping"):
+        build_model(["channels", 8])
+
+
+# --- model.pt -------------------------------------------------------------------------
+
+def test_save_load_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(TINY).eval()
+    path = tmp_path / "abl" / "model.pt"
+    save_model(path, model, ablation="tiny", model_cfg=TINY, config={"ablations": {"tiny": {}}})
+    assert [p.name for p in path.parent.iterdir()] == ["model.pt"]   # no temporary left behind
+    loaded, info = load_model(path)
+    assert not loaded.training
+    assert info == {"ablation": "tiny", "model": TINY, "params": count_parameters(model)["total"],
+                    "config": {"ablations": {"tiny": {}}}, "mbsnet_version": info["mbsnet_version"]}
+    assert info["mbsnet_version"]
+    spec = noisy_spec(1, 6 * HOP)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(spec), model(spec), rtol=0, atol=0)
+
+
+def test_load_model_errors_name_the_file(tmp_path):
+    with pytest.raises(MbsnetError, match="does not exist"):
+        load_model(tmp_path / "missing.pt")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a torch file")
+    with pytest.raises(MbsnetError, match="corrupt.pt is not a readable model file"):
+        load_model(corrupt)
+    other = tmp_path / "other.pt"
+    torch.save({"state_dict": {}}, other)
+    with pytest.raises(MbsnetError, match="missing ablation"):
+        load_model(other)
+    mismatch = tmp_path / "mismatch.pt"
+    save_model(mismatch, build_model(TINY), ablation="tiny",
+               model_cfg=_set(TINY, ["channels"], 4), config={})
+    with pytest.raises(MbsnetError, match="weights do not match"):
+        load_model(mismatch)
+
+
+# --- mbsnet params --------------------------------------------------------------------
+
+def test_params_command_lists_every_count(capsys):
+    assert main(["params", "--config", str(CONFIG), "--json"]) == 0
+    counts = json.loads(capsys.readouterr().out)
+    assert {name: r["total"] for name, r in counts["ablations"].items()} == ORIGINAL_PARAMS
+    assert counts["ablations"]["bsrnn"]["claimed"] == 2_400_000
+    assert counts["ablations"]["bsrnn"]["ratio"] == pytest.approx(2_963_024 / 2_400_000)
+    assert counts["discriminator"]["total"] == 181_650
+    table = format_table(counts)
+    assert "optimized: 2,139,920 parameters" in table and "181,650" in table
