@@ -1,0 +1,105 @@
+"""Whole-utterance enhancement with a loaded model, and reading/writing users' audio files."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .atomic import atomic_path
+from .audio import HOP, SAMPLE_RATE, istft, stft
+from .errors import DataError
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU if it has none)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def enhance_waveform(model: nn.Module, wave: torch.Tensor) -> torch.Tensor:
+    """Enhance whole utterances: ``[samples]`` or ``[B, samples]`` -> same shape, float32.
+
+    As in the BSRNN evaluation: reflect-pad one hop on both sides, STFT, model, iSTFT,
+    and cut back to the exact input samples. Runs on the model's device; the result is
+    returned on the input's device. (Inputs of at most one hop are zero-padded instead.)
+    """
+    if wave.dim() not in (1, 2):
+        raise ValueError(f"expected [samples] or [batch, samples], got {tuple(wave.shape)}")
+    batch = wave.reshape(1, -1) if wave.dim() == 1 else wave
+    length = batch.shape[-1]
+    x = batch.to(model_device(model), torch.float32)
+    mode = "reflect" if length > HOP else "constant"
+    x = F.pad(x.unsqueeze(1), (HOP, HOP), mode=mode).squeeze(1)
+    enhanced = istft(model(stft(x)), length=x.shape[-1])[:, HOP: HOP + length]
+    return enhanced.reshape(wave.shape).to(wave.device)
+
+
+# ---------------------------------------------------------------------------- files
+
+AUDIO_SUFFIXES = frozenset("." + fmt.lower() for fmt in sf.available_formats())
+
+
+def read_audio_16k_mono(path: str | Path) -> np.ndarray:
+    """Any readable audio file as 16 kHz mono float32: channels averaged, resampled with
+    soxr. DataError naming the file when it cannot be read."""
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise DataError(f"cannot read audio file {path}: {exc}") from exc
+    if data.shape[0] == 0:
+        raise DataError(f"audio file {path} is empty")
+    mono = data.mean(axis=1)
+    if rate != SAMPLE_RATE:
+        mono = soxr.resample(mono, rate, SAMPLE_RATE)
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def write_wav_16k(path: str | Path, wave: np.ndarray) -> None:
+    """Write 16 kHz mono PCM-16 atomically (samples clipped to [-1, 1])."""
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), np.clip(wave, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16",
+                 format="WAV")
+
+
+def audio_files(source: str | Path) -> list[Path]:
+    """``source`` itself if it is a file, else the audio files directly inside it (sorted)."""
+    source = Path(source)
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise DataError(f"input {source} does not exist")
+    files = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise DataError(f"no audio files in {source}")
+    return files
+
+
+def enhance_files(model: nn.Module, source: str | Path, out_dir: str | Path
+                  ) -> Iterator[Path]:
+    """Enhance a file or every audio file in a directory into ``out_dir/<stem>.wav``
+    (16 kHz mono); yields each written path. Every input's header is checked first, so
+    an unreadable file stops the run before any output appears."""
+    files = audio_files(source)
+    for f in files:
+        try:
+            sf.info(str(f))
+        except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+            raise DataError(f"cannot read audio file {f}: {exc}") from exc
+    stems = [f.stem for f in files]
+    if len(set(stems)) != len(stems):
+        raise DataError(f"{source}: several input files share a name stem; outputs would clash")
+    for f in files:
+        wave = read_audio_16k_mono(f)
+        enhanced = enhance_waveform(model, torch.from_numpy(wave)).numpy()
+        target = Path(out_dir) / f"{f.stem}.wav"
+        write_wav_16k(target, enhanced)
+        yield target

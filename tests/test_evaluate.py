@@ -1,0 +1,234 @@
+"""Whole-utterance enhancement, `mbsnet evaluate` outputs and `mbsnet enhance` files."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+from torch import nn
+
+from mbsnet.audio import HOP
+from mbsnet.cli import main
+from mbsnet.enhance import enhance_files, enhance_waveform, read_audio_16k_mono
+from mbsnet.errors import DataError
+from mbsnet.evaluate import COLUMNS, evaluate, summarise
+from mbsnet.metrics import METRICS
+
+SR = 16000
+
+
+class Identity(nn.Module):
+    """Stand-in model: complex [B, 257, T] -> the same spectrogram."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(()))
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        assert spec.is_complex() and spec.dim() == 3 and spec.shape[1] == 257
+        return spec * self.gain
+
+
+class Halve(nn.Module):
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        return spec * 0.5
+
+
+@pytest.mark.parametrize("shape", [(16003,), (2, 8000), (HOP - 28,)])
+def test_identity_model_gives_back_the_input(shape):
+    wave = 0.1 * torch.randn(*shape)
+    out = enhance_waveform(Identity(), wave)
+    assert out.shape == wave.shape and out.dtype == torch.float32
+    assert torch.allclose(out, wave, atol=1e-5)
+
+
+def test_enhance_waveform_applies_the_model_without_gradients():
+    wave = 0.1 * torch.randn(1, 4000)
+    model = Identity()
+    out = enhance_waveform(model, wave)
+    assert not out.requires_grad
+    assert torch.allclose(enhance_waveform(Halve(), wave), 0.5 * wave, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- evaluate
+
+def speechlike(rng: np.random.Generator, seconds: float) -> np.ndarray:
+    """A voiced-sounding test signal: harmonics with a syllable-rate envelope."""
+    t = np.arange(int(seconds * SR)) / SR
+    f0 = 120 + 20 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / SR
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 12))
+    envelope = np.clip(np.sin(2 * np.pi * 3 * t + rng.uniform(0, 6)), 0, None)
+    return 0.3 * voiced * envelope / np.max(np.abs(voiced))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict:
+    """A 4-utterance test split (one digitally silent) and a training row, per docs/results.md."""
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    lines = ["utt_id\tsplit\tspeaker\tnoise\tsnr\tduration\tclean\tnoisy"]
+    specs = [("t1", "test", 0.0), ("t2", "test", 5.0), ("t3", "test", 5.0),
+             ("silent", "test", 0.0), ("tr1", "train", 5.0)]
+    for utt, split, snr in specs:
+        clean = np.zeros(SR) if utt == "silent" else speechlike(rng, 1.2)
+        noise = rng.standard_normal(clean.size)
+        scale = 0.0 if utt == "silent" else \
+            np.sqrt(np.mean(clean ** 2) / np.mean(noise ** 2) / 10 ** (snr / 10))
+        noisy = clean + scale * noise
+        for kind, signal in (("clean", clean), ("noisy", noisy)):
+            path = root / split / kind / f"{utt}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(path, signal, SR, subtype="PCM_16")
+        lines.append(f"{utt}\t{split}\tspk\twhite\t{snr}\t{clean.size / SR:.6f}\t"
+                     f"{split}/clean/{utt}.wav\t{split}/noisy/{utt}.wav")
+    manifest = root / "manifest.tsv"
+    manifest.write_text("\n".join(lines) + "\n")
+    return {"manifest": manifest, "root": root}
+
+
+@pytest.fixture(scope="module")
+def noisy_eval(corpus, tmp_path_factory) -> tuple:
+    out = tmp_path_factory.mktemp("noisy") / "eval"
+    summary = evaluate(corpus["manifest"], out, workers=1, progress=False)
+    return out, summary
+
+
+def test_noisy_evaluation_writes_one_row_per_test_utterance(noisy_eval):
+    out, summary = noisy_eval
+    table = pd.read_csv(out / "metrics.tsv", sep="\t", keep_default_na=False,
+                        na_values=["NaN"])
+    assert tuple(table.columns) == COLUMNS
+    assert table["utt_id"].tolist() == ["t1", "t2", "t3", "silent"]
+    assert set(table["system"]) == {"noisy"}
+    assert table["snr"].tolist() == [0.0, 5.0, 5.0, 0.0]
+    ok = table[table["utt_id"] != "silent"]
+    assert (ok["error"] == "").all()
+    assert np.isfinite(ok[list(METRICS)].to_numpy()).all()
+    silent = table[table["utt_id"] == "silent"].iloc[0]
+    assert math.isnan(silent["pesq_wb"]) and "No utterances detected" in silent["error"]
+    assert json.loads((out / "summary.json").read_text()) == summary
+
+
+def test_summary_statistics(noisy_eval):
+    out, summary = noisy_eval
+    table = pd.read_csv(out / "metrics.tsv", sep="\t", keep_default_na=False, na_values=["NaN"])
+    assert summary["system"] == "noisy" and summary["n"] == 4
+    assert summary["failed"]["pesq_wb"] == 1 and summary["failed"]["csig"] == 1
+    pesq = table["pesq_wb"].dropna()
+    overall = summary["overall"]["pesq_wb"]
+    assert overall["n"] == 3
+    assert overall["mean"] == pytest.approx(pesq.mean())
+    assert overall["std"] == pytest.approx(pesq.std(ddof=1))
+    assert overall["ci95"] == pytest.approx(4.302652729911275 * pesq.std(ddof=1) / math.sqrt(3))
+    assert set(summary["by_snr"]) == {"0", "5"}
+    five = summary["by_snr"]["5"]["stoi"]
+    assert five["n"] == 2 and five["mean"] == pytest.approx(table["stoi"][1:3].mean())
+    zero = summary["by_snr"]["0"]["pesq_wb"]
+    assert zero["n"] == 1 and zero["std"] is None and zero["ci95"] is None
+
+
+def test_summary_unknown_snr_group():
+    table = pd.DataFrame({"snr": [math.nan, math.nan], **{m: [1.0, 2.0] for m in METRICS}})
+    summary = summarise(table, "x")
+    assert list(summary["by_snr"]) == ["unknown"]
+    assert summary["by_snr"]["unknown"]["ssnr"]["mean"] == 1.5
+
+
+def test_identity_model_scores_like_the_noisy_input(corpus, noisy_eval, tmp_path):
+    _, noisy = noisy_eval
+    summary = evaluate(corpus["manifest"], tmp_path / "eval", model=Identity(),
+                       system="identity", workers=1, save_wavs=True, progress=False)
+    assert summary["system"] == "identity" and summary["n"] == 4
+    for metric in ("pesq_wb", "stoi", "ssnr"):
+        assert summary["overall"][metric]["mean"] == pytest.approx(
+            noisy["overall"][metric]["mean"], abs=1e-3)
+    wavs = sorted(p.name for p in (tmp_path / "eval" / "wavs").iterdir())
+    assert wavs == ["silent.wav", "t1.wav", "t2.wav", "t3.wav"]
+    enhanced, rate = sf.read(tmp_path / "eval" / "wavs" / "t1.wav")
+    noisy_wave, _ = sf.read(corpus["root"] / "test" / "noisy" / "t1.wav")
+    assert rate == SR and enhanced.shape == noisy_wave.shape
+    assert np.max(np.abs(enhanced - noisy_wave)) <= 2 / 32768
+
+
+def test_evaluate_unknown_split(corpus, tmp_path):
+    with pytest.raises(DataError, match="no utterances in split 'valid'"):
+        evaluate(corpus["manifest"], tmp_path, split="valid", progress=False)
+    assert not (tmp_path / "metrics.tsv").exists()
+
+
+def test_cli_evaluate_noisy(corpus, tmp_path):
+    out = tmp_path / "noisy" / "eval"
+    assert main(["evaluate", "--noisy", "--data", str(corpus["manifest"]), "--out", str(out),
+                 "--workers", "2"]) == 0
+    table = pd.read_csv(out / "metrics.tsv", sep="\t")
+    assert len(table) == 4 and json.loads((out / "summary.json").read_text())["n"] == 4
+
+
+def _tiny_model_file(path):
+    models = pytest.importorskip("mbsnet.models")
+    cfg = {"channels": 4, "decoder": "uniform",
+           "stages": [{"blocks": [{"type": "mlp", "axis": "band"}]}]}
+    models.save_model(path, models.build_model(cfg), ablation="tiny", model_cfg=cfg,
+                      config={})
+    return path
+
+
+def test_cli_evaluate_model(corpus, tmp_path):
+    model = _tiny_model_file(tmp_path / "model.pt")
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", str(model), "--data", str(corpus["manifest"]),
+                 "--out", str(out), "--workers", "1", "--device", "cpu"]) == 0
+    table = pd.read_csv(out / "metrics.tsv", sep="\t", keep_default_na=False)
+    assert table["system"].tolist() == ["tiny"] * 4
+    assert json.loads((out / "summary.json").read_text())["system"] == "tiny"
+    assert not (out / "wavs").exists()
+
+
+# ---------------------------------------------------------------------------- enhance files
+
+def test_enhance_44k_stereo_to_16k_mono(tmp_path):
+    n = 44100
+    t = np.arange(n) / 44100
+    stereo = np.stack([0.2 * np.sin(2 * np.pi * 440 * t), 0.1 * np.sin(2 * np.pi * 440 * t)], 1)
+    src = tmp_path / "in" / "song.wav"
+    src.parent.mkdir()
+    sf.write(src, stereo, 44100)
+    written = list(enhance_files(Identity(), src, tmp_path / "out"))
+    assert written == [tmp_path / "out" / "song.wav"]
+    out, rate = sf.read(written[0])
+    info = sf.info(written[0])
+    assert rate == 16000 and info.channels == 1 and info.subtype == "PCM_16"
+    assert out.shape == (16000,)
+    # the mean of the channels, resampled: a 0.15-amplitude 440 Hz tone
+    expected = 0.15 * np.sin(2 * np.pi * 440 * np.arange(16000) / 16000)
+    assert np.max(np.abs(out[200:-200] - expected[200:-200])) < 2e-3
+
+
+def test_read_audio_unreadable_file_names_it(tmp_path):
+    bad = tmp_path / "broken.wav"
+    bad.write_bytes(b"RIFF....garbage")
+    with pytest.raises(DataError, match="broken.wav"):
+        read_audio_16k_mono(bad)
+    with pytest.raises(DataError, match="broken.wav"):
+        list(enhance_files(Identity(), tmp_path, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_enhance_directory(tmp_path):
+    model = _tiny_model_file(tmp_path / "model.pt")
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(src / "a.wav", 0.1 * np.random.default_rng(0).standard_normal(8000), 8000)
+    sf.write(src / "b.flac", 0.1 * np.random.default_rng(1).standard_normal((22050, 2)), 22050)
+    assert main(["enhance", str(src), "--model", str(model), "--out", str(tmp_path / "out"),
+                 "--device", "cpu"]) == 0
+    assert sf.info(tmp_path / "out" / "a.wav").frames == 16000
+    assert sf.info(tmp_path / "out" / "b.wav").frames == 16000
+    assert main(["enhance", str(tmp_path / "missing.wav"), "--model", str(model),
+                 "--out", str(tmp_path / "out2")]) == 2
