@@ -167,7 +167,7 @@ class ChunkedScan(torch.autograd.Function):
         x, delta, A, B, C, D, boundary = ctx.saved_tensors
         batch, length, dim = x.shape
         n = A.shape[1]
-        gy = gy.float()
+        gy = gy.to(x.dtype)
         xt, dt, Bt, Ct, gt = (t.transpose(0, 1) for t in (x, delta, B, C, gy))
         grads = [torch.empty_like(t) for t in (x, delta, B, C)]
         gx, gdelta, gB, gC = (t.transpose(0, 1) for t in grads)
