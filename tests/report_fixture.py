@@ -185,7 +185,7 @@ def _write_failed_training(results: Path, name: str, seed: int) -> None:
     lines = _epoch_lines(name, epochs=1, steps=4, skipped_at=None)
     (run / "train_log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines)
                                          + '{"kind": "st')   # torn last line
-    log = results / "logs" / "train" / f"{name}.seed{seed}.log"
+    log = results / "logs" / "train" / f"{name}_seed{seed}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("epoch 2 step 5\nmbsnet train: error: 20 consecutive non-finite steps\n")
 

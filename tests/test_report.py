@@ -178,7 +178,7 @@ def test_missing_pieces_render_as_missing_cells(report):
     assert rows["optimized"][-1] == "missing: not run"               # training wall time
     # the evidence: the log the workflow left, in the cell's tooltip and under Health
     evidence = ('training did not finish (1 epoch(s) logged, no abl3/seed0/train_summary.json; '
-                'see logs/train/abl3.seed0.log: "mbsnet train: error: 20 consecutive non-finite '
+                'see logs/train/abl3_seed0.log: "mbsnet train: error: 20 consecutive non-finite '
                 'steps")')
     assert f'<td class="missing" colspan="8" title="{escape(evidence)}">' in html
     assert f"<b>abl3 seed 0</b>: missing: {escape(evidence)}</li>" in html
@@ -194,6 +194,30 @@ def test_missing_pieces_render_as_missing_cells(report):
                                           "inference_rtf: not profiled (no abl2/profile.json)")
     md = (report.parent / "summary.md").read_text()
     assert "missing [1]" in md and "] missing: not profiled (no abl2/profile.json)" in md
+
+
+def test_corrupt_files_render_as_missing(tmp_path, monkeypatch):
+    config, results = make_results_tree(tmp_path)
+    (results / "bsrnn" / "seed0" / "train_summary.json").write_text("{not json")
+    profile = json.loads((results / "abl1" / "profile.json").read_text())
+    profile.update(params=5, macs_per_second="fast")
+    (results / "abl1" / "profile.json").write_text(json.dumps(profile))
+    (results / "abl2" / "seed0" / "eval" / "metrics.tsv").write_text("utt_id\tpesq_wb\nx\t1\n")
+    (results / "noisy" / "eval" / "metrics.tsv").write_text("")
+    (results / "data" / "manifest.tsv").unlink()
+    monkeypatch.setattr(render.figures, "figure_uri", lambda fig, fmt="svg": "data:,")
+    html, rows = render.build_report(load_config(config), results, progress=lambda msg: None)
+    rows = {r.system: r for r in rows}
+    assert str(rows["noisy"].metrics["pesq_wb"]) == "missing: unreadable noisy/eval/metrics.tsv"
+    assert rows["abl2"].metrics["stoi"].reason.startswith("abl2/seed0/eval/metrics.tsv lacks "
+                                                          "columns system, snr, noise, csig")
+    assert rows["bsrnn"].metrics["pesq_wb"].n == 12              # scored despite the summary
+    assert rows["bsrnn"].costs["train_wall_seconds"].reason == \
+        "unreadable bsrnn/seed0/train_summary.json"
+    assert str(rows["abl1"].costs["macs_per_second"]) == \
+        "missing: no macs_per_second in profile.json"
+    assert rows["abl1"].costs["params"] == 2_610_000            # from train_summary.json
+    assert "missing: no data/manifest.tsv" in html               # the example utterance
 
 
 def test_significance_against_baseline(tmp_path):
@@ -246,6 +270,32 @@ def test_example_without_saved_wavs_says_why(tmp_path):
     assert example.signals["clean"].shape == (6400,)
     assert str(example.signals["bsrnn"]) == ("missing: enhanced audio not saved "
                                              "(evaluation.save_wavs is false)")
+
+
+def test_configured_example_utterance(tmp_path):
+    config, results = make_results_tree(tmp_path, ablations=("bsrnn",))
+    cfg = load_config(config)
+    cfg["report"]["example_utterance"] = "test_003"
+    example = collect.example_audio(collect.load_results(results, cfg))
+    assert example.utt_id == "test_003"
+    assert example.signals["bsrnn"].shape == (6400,)               # its saved enhanced WAV
+    cfg["report"]["example_utterance"] = "train_000"
+    example = collect.example_audio(collect.load_results(results, cfg))
+    assert str(example.utt_id) == ("missing: report.example_utterance 'train_000' is not a "
+                                   "test utterance in data/manifest.tsv")
+
+
+def test_noise_table_and_training_curves(tmp_path):
+    config, results = make_results_tree(tmp_path, ablations=("bsrnn", "abl1"))
+    res = collect.load_results(results, load_config(config))
+    table = collect.noise_table(res, "pesq_wb")
+    metrics = pd.read_csv(results / "bsrnn" / "seed0" / "eval" / "metrics.tsv", sep="\t")
+    assert list(table.columns) == ["n", "noisy", "bsrnn", "abl1"]
+    assert table.loc["car", "n"] == 4
+    assert table.loc["car", "bsrnn"] == pytest.approx(
+        metrics.loc[metrics["noise"] == "car", "pesq_wb"].mean())
+    curves = collect.training_curves(res)
+    assert list(curves) == ["bsrnn", "abl1"] and list(curves["abl1"][0]["epoch"]) == [1, 2, 3]
 
 
 def test_bad_inputs_are_user_errors(tmp_path, capsys):

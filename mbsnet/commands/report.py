@@ -28,6 +28,6 @@ def run(args: argparse.Namespace) -> int:
     if not results.is_dir():
         raise DataError(f"results directory {results} does not exist (run the workflow first)")
     out = Path(args.out) if args.out else results / "report.html"
-    paths = write_report(config, results, out, project_dir=Path(args.config).resolve().parent)
+    paths = write_report(config, results, out, project_dir=Path.cwd())
     print("report: wrote " + ", ".join(str(p) for p in paths))
     return 0

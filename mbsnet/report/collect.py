@@ -17,16 +17,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..data.manifest import SAMPLE_RATE, read_manifest
+from ..errors import DataError
+from ..metrics import METRICS as METRIC_KEYS
 from . import stats
 
 NOISY = "noisy"
-#: metric column -> label; every metric is better when higher.
-METRICS = {"pesq_wb": "PESQ-WB", "csig": "CSIG", "cbak": "CBAK", "covl": "COVL",
+_LABELS = {"pesq_wb": "PESQ-WB", "csig": "CSIG", "cbak": "CBAK", "covl": "COVL",
            "ssnr": "SSNR", "stoi": "STOI", "estoi": "ESTOI", "si_sdr": "SI-SDR"}
+#: metric column (as `mbsnet evaluate` writes it) -> label; every metric is better when higher.
+METRICS = {key: _LABELS.get(key, key) for key in METRIC_KEYS}
 #: metrics of the significance tests
 TESTED_METRICS = ("pesq_wb", "si_sdr")
 METRIC_COLUMNS = ["utt_id", "system", "snr", "noise", *METRICS, "error"]
-MANIFEST_COLUMNS = ["utt_id", "split", "speaker", "noise", "snr", "duration", "clean", "noisy"]
 #: cost column -> label; lower is better for all but the claimed count and the ratio.
 COSTS = {"params": "Params", "claimed_params": "Claimed", "params_ratio": "Measured / claimed",
          "macs_per_second": "MACs / s audio", "peak_train_memory_mb": "Peak train mem (MB)",
@@ -101,7 +104,7 @@ class Results:
     def rel(self, path: Path) -> str:
         """A path as shown in the report: relative to the results directory."""
         try:
-            return str(path.relative_to(self.root))
+            return str(path.resolve().relative_to(self.root.resolve()))
         except ValueError:
             return str(path)
 
@@ -159,19 +162,16 @@ def _read_metrics(path: Path, shown: str) -> pd.DataFrame | Missing:
     return frame
 
 
-def _log_hint(root: Path, rule: str, *tokens: str) -> str:
-    """'see logs/...: "last line"' for the newest workflow log naming all tokens, or ''."""
-    logs = root / "logs" / rule
-    if not logs.is_dir():
+def _log_hint(root: Path, log: str) -> str:
+    """'see logs/...: "last line"' when the workflow left log ``logs/<log>``, else ''.
+    (The rules log to logs/{rule}/{ablation}_seed{seed}.log, logs/profile/{ablation}.log
+    and logs/evaluate/noisy.log.)"""
+    path = root / "logs" / log
+    if not path.is_file():
         return ""
-    hits = [p for p in logs.rglob("*") if p.is_file()
-            and all(t in str(p.relative_to(logs)) for t in tokens)]
-    if not hits:
-        return ""
-    log = max(hits, key=lambda p: p.stat().st_mtime)
-    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
     last = f': "{lines[-1][:200]}"' if lines else ""
-    return f"see {log.relative_to(root)}{last}"
+    return f"see logs/{log}{last}"
 
 
 def _absent(reason: str, *details: str) -> Missing:
@@ -185,7 +185,7 @@ def _read_run(root: Path, ablation: str, seed: int) -> Run:
     if not run_dir.is_dir():
         summary: dict | Missing = _absent("not run", f"no {shown}/")
     elif not (run_dir / "train_summary.json").is_file():
-        hint = _log_hint(root, "train", ablation, f"seed{seed}")
+        hint = _log_hint(root, f"train/{ablation}_seed{seed}.log")
         epochs = sum(r.get("kind") == "epoch" for r in log)
         summary = _absent("training did not finish", f"{epochs} epoch(s) logged, no "
                           f"{shown}/train_summary.json", hint) if log else \
@@ -199,22 +199,24 @@ def _read_run(root: Path, ablation: str, seed: int) -> Run:
         metrics = summary
     else:
         metrics = _absent("not evaluated", f"no {shown}/eval/metrics.tsv",
-                          _log_hint(root, "evaluate", ablation, f"seed{seed}"))
+                          _log_hint(root, f"evaluate/{ablation}_seed{seed}.log"))
     return Run(ablation, seed, run_dir, metrics, summary, log)
 
 
 def load_results(root: str | Path, config: Mapping[str, Any]) -> Results:
     """Everything the report needs from ``root``, for the ablations and seeds of ``config``."""
     root = Path(root)
-    manifest = read_tsv(root / "data" / "manifest.tsv", MANIFEST_COLUMNS, "data/manifest.tsv")
-    if isinstance(manifest, pd.DataFrame):
-        manifest["snr"] = pd.to_numeric(manifest["snr"], errors="coerce")
+    try:
+        manifest: pd.DataFrame | Missing = read_manifest(root / "data" / "manifest.tsv")
+    except DataError as exc:
+        manifest = Missing("no data/manifest.tsv" if not (root / "data" / "manifest.tsv").is_file()
+                           else "unreadable data/manifest.tsv", str(exc))
     noisy_dir = root / NOISY / "eval"
     if (noisy_dir / "metrics.tsv").is_file():
         noisy = _read_metrics(noisy_dir / "metrics.tsv", "noisy/eval/metrics.tsv")
     else:
         noisy = _absent("not evaluated", "no noisy/eval/metrics.tsv",
-                        _log_hint(root, "evaluate_noisy"))
+                        _log_hint(root, "evaluate/noisy.log"))
     systems = {NOISY: System(NOISY, [Run(NOISY, None, noisy_dir, noisy)])}
     for name, entry in config["ablations"].items():
         runs = [_read_run(root, name, seed) for seed in config.get("seeds", [0])]
@@ -222,7 +224,7 @@ def load_results(root: str | Path, config: Mapping[str, Any]) -> Results:
             profile = read_json(root / name / "profile.json", f"{name}/profile.json")
         else:
             profile = _absent("not profiled", f"no {name}/profile.json",
-                              _log_hint(root, "profile", name))
+                              _log_hint(root, f"profile/{name}.log"))
         systems[name] = System(name, runs, profile, entry.get("claimed_params"))
     return Results(root, dict(config), manifest, systems)
 
@@ -318,39 +320,47 @@ def _costs(system: System) -> dict[str, float | Missing | None]:
         return {c: None for c in COSTS}
     profile = system.profile
     costs: dict[str, float | Missing | None] = {}
-    for col, key in [("macs_per_second", "macs_per_second"),
-                     ("peak_train_memory_mb", "peak_train_memory_mb"),
-                     ("train_step_seconds", "train_step_seconds"),
-                     ("inference_rtf", "inference_rtf")]:
-        costs[col] = _number(profile.get(key), f"{key} not in profile.json") \
-            if isinstance(profile, dict) else profile
+    for key in ("macs_per_second", "peak_train_memory_mb", "train_step_seconds", "inference_rtf"):
+        costs[key] = _field(profile, "profile.json", key)
+    costs["params"] = _field(profile, "profile.json", "params", "total")
     summaries = [r.train_summary for r in system.runs if isinstance(r.train_summary, dict)]
-    measured = _number((profile.get("params") or {}).get("total"), "params.total not in profile.json") \
-        if isinstance(profile, dict) else profile
-    if isinstance(measured, Missing) and summaries and summaries[0].get("params") is not None:
-        measured = float(summaries[0]["params"])   # train_summary.json also records it
-    costs["params"] = measured
-    claimed = system.claimed_params
-    if claimed is None and isinstance(profile, dict):
-        claimed = (profile.get("params") or {}).get("claimed")
-    costs["claimed_params"] = float(claimed) if claimed else Missing("no claimed_params in config")
+    if isinstance(costs["params"], Missing) and summaries:   # train_summary.json records it too
+        from_training = _field(summaries[0], "train_summary.json", "params")
+        costs["params"] = from_training if isinstance(from_training, float) else costs["params"]
+    claimed = _number(system.claimed_params, "no claimed_params in config")
+    if isinstance(claimed, Missing) and isinstance(profile, dict):
+        claimed = _field(profile, "profile.json", "params", "claimed")
+    costs["claimed_params"] = claimed
     if isinstance(costs["params"], Missing):
         costs["params_ratio"] = costs["params"]
-    elif isinstance(costs["claimed_params"], Missing):
-        costs["params_ratio"] = costs["claimed_params"]
+    elif isinstance(claimed, Missing):
+        costs["params_ratio"] = claimed
     else:
-        costs["params_ratio"] = costs["params"] / costs["claimed_params"]
-    walls = [float(s["wall_seconds"]) for s in summaries if s.get("wall_seconds") is not None]
+        costs["params_ratio"] = costs["params"] / claimed
+    walls = [w for w in (_field(s, "train_summary.json", "wall_seconds") for s in summaries)
+             if isinstance(w, float)]
     if walls:
         costs["train_wall_seconds"] = float(np.mean(walls))
     else:
-        why = next((r.train_summary for r in system.runs if isinstance(r.train_summary, Missing)),
-                   Missing("wall_seconds not in train_summary.json"))
-        costs["train_wall_seconds"] = why
+        costs["train_wall_seconds"] = next(
+            (r.train_summary for r in system.runs if isinstance(r.train_summary, Missing)),
+            Missing("no wall_seconds in train_summary.json"))
     return costs
 
 
+def _field(record: dict | Missing | None, shown: str, *keys: str) -> float | Missing:
+    """A finite number at ``record[k1][k2]...``, or why there is none."""
+    if isinstance(record, Missing):
+        return record
+    value: Any = record
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return _number(value, f"no {'.'.join(keys)} in {shown}")
+
+
 def _number(value: Any, why: str) -> float | Missing:
+    if isinstance(value, bool):
+        return Missing(why)
     try:
         out = float(value)
     except (TypeError, ValueError):
@@ -442,8 +452,6 @@ class Example:
 
 def example_audio(results: Results) -> Example:
     """The clean, noisy and enhanced versions of the report's example utterance."""
-    from ..audio import SAMPLE_RATE
-
     manifest = results.manifest
     if isinstance(manifest, Missing):
         return Example(manifest, {}, SAMPLE_RATE)
@@ -456,9 +464,8 @@ def example_audio(results: Results) -> Example:
         return Example(Missing("data/manifest.tsv has no test utterances"), {}, SAMPLE_RATE)
     row = test[test["utt_id"] == wanted].iloc[0] if wanted is not None else test.iloc[0]
     utt = str(row["utt_id"])
-    data_dir = results.root / "data"
-    signals = {"clean": _read_wav(data_dir / row["clean"], f"data/{row['clean']}", SAMPLE_RATE),
-               "noisy": _read_wav(data_dir / row["noisy"], f"data/{row['noisy']}", SAMPLE_RATE)}
+    signals = {kind: _read_wav(Path(row[kind]), results.rel(Path(row[kind])), SAMPLE_RATE)
+               for kind in ("clean", "noisy")}
     saving = results.config.get("evaluation", {}).get("save_wavs", False)
     for system in results.ablations:
         found: np.ndarray | Missing = Missing(
@@ -507,7 +514,7 @@ def health(results: Results) -> Health:
     if isinstance(results.manifest, pd.DataFrame):
         test_ids = set(results.manifest.loc[results.manifest["split"] == "test", "utt_id"])
     else:
-        out.missing.append(("data/manifest.tsv", results.manifest.reason))
+        out.missing.append(("data/manifest.tsv", results.manifest.full))
     for system in results.systems.values():
         if isinstance(system.profile, Missing):
             out.missing.append((f"{system.name} profile", system.profile.full))
@@ -526,28 +533,34 @@ def _run_health(out: Health, run: Run, label: str, test_ids: set[str] | None) ->
     if isinstance(run.metrics, Missing):
         out.missing.append((label, run.metrics.full))
     else:
-        failed = run.metrics[run.metrics["error"].str.len() > 0]
+        frame = run.metrics
+        failed = frame[(frame["error"].str.len() > 0) | frame[list(METRICS)].isna().any(axis=1)]
         for _, row in failed.iterrows():
             bad = [METRICS[m] for m in METRICS if not np.isfinite(row[m])]
             out.failed_metrics.append({"system": run.system, "seed": run.seed,
                                        "utt_id": row["utt_id"], "metrics": ", ".join(bad),
-                                       "error": row["error"]})
+                                       "error": row["error"] or "(no reason recorded)"})
         if test_ids is not None:
             absent = test_ids - set(run.metrics["utt_id"])
             if absent:
                 out.coverage.append(f"{label}: {len(absent)} of {len(test_ids)} test utterances "
                                     f"have no row in metrics.tsv (e.g. {sorted(absent)[0]})")
     summary = run.train_summary if isinstance(run.train_summary, dict) else {}
+
+    def count(key: str, default: int) -> int:
+        value = _number(summary.get(key), "")
+        return int(value) if isinstance(value, float) else default
+
     steps = [r for r in run.train_log if r.get("kind") == "step" and r.get("skipped")]
-    skipped = int(summary.get("skipped_steps", len(steps)) or 0)
-    disc = int(summary.get("disc_skipped_steps", 0) or 0)
+    skipped = count("skipped_steps", len(steps))
+    disc = count("disc_skipped_steps", 0)
     if skipped or disc:
         reasons = Counter(str(r.get("reason", "unspecified")) for r in steps)
         out.skipped.append({"system": run.system, "seed": run.seed, "skipped": skipped,
                             "disc_skipped": disc,
                             "reasons": ", ".join(f"{k} ×{v}" for k, v in reasons.most_common())})
     resumes = [r for r in run.train_log if r.get("kind") == "resume"]
-    times = max(int(summary.get("resumed", 0) or 0), len(resumes))
+    times = max(count("resumed", 0), len(resumes))
     if times:
         detail = "; ".join(f"epoch {r.get('epoch')} step {r.get('step')} from {r.get('from')}"
                            for r in resumes)
