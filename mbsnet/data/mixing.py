@@ -54,11 +54,11 @@ def scale_to_level(x: np.ndarray, level_db: float, sample_rate: int = 16000) -> 
     return x * np.sqrt(10 ** (level_db / 10) / power)
 
 
-def mix_at_snr(clean: np.ndarray, noise: np.ndarray, snr: float,
-               sample_rate: int = 16000) -> tuple[np.ndarray, np.ndarray]:
+def mix_at_snr(clean: np.ndarray, noise: np.ndarray, snr: float, sample_rate: int = 16000,
+               peak: float = PEAK) -> tuple[np.ndarray, np.ndarray]:
     """Add ``noise`` (same length) to ``clean`` at ``snr`` dB; return ``(clean, noisy)``.
 
-    If the mixture (or the clean signal) would exceed :data:`PEAK`, both are scaled by the
+    If the mixture (or the clean signal) would exceed ``peak``, both are scaled by the
     same factor, which leaves the SNR unchanged.
     """
     if len(noise) != len(clean):
@@ -68,10 +68,25 @@ def mix_at_snr(clean: np.ndarray, noise: np.ndarray, snr: float,
     if speech <= 0 or noise_power <= 0:
         raise ValueError("cannot mix a silent signal at a given SNR")
     noisy = clean + noise * np.sqrt(speech / (noise_power * 10 ** (snr / 10)))
-    peak = max(np.max(np.abs(noisy)), np.max(np.abs(clean)))
-    if peak > PEAK:
-        clean, noisy = clean * (PEAK / peak), noisy * (PEAK / peak)
+    loudest = max(np.max(np.abs(noisy)), np.max(np.abs(clean)))
+    if loudest > peak:
+        clean, noisy = clean * (peak / loudest), noisy * (peak / loudest)
     return clean, noisy
+
+
+def mix_pcm16(clean: np.ndarray, noise: np.ndarray, snr: float,
+              sample_rate: int = 16000) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`mix_at_snr` for signals to be stored as PCM-16: int16 ``(clean, noisy)``.
+
+    The noise is scaled against the clean signal *as stored* (already rounded, and scaled
+    down first if the mix would clip), so the SNR measured on the files misses ``snr`` only
+    by the rounding of the noise: the frame gate of the active level is not continuous, and
+    rounding the clean signal after mixing can move it by a few hundredths of a dB.
+    """
+    headroom_clean, _ = mix_at_snr(from_pcm16(to_pcm16(clean)), noise, snr, sample_rate)
+    stored = from_pcm16(to_pcm16(headroom_clean))
+    stored, noisy = mix_at_snr(stored, noise, snr, sample_rate, peak=1.0)
+    return to_pcm16(stored), to_pcm16(noisy)
 
 
 def to_pcm16(x: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ from scipy import signal
 from ..errors import ConfigError
 from . import espeak
 from .manifest import Row, choose_valid_speakers, write_pair
-from .mixing import mix_at_snr, scale_to_level, to_pcm16
+from .mixing import mix_pcm16, scale_to_level
 from .noises import TEST_NOISES, TRAIN_NOISES, TalkerPool, colored, make_noise
 from .progress import parallel_map
 
@@ -157,8 +157,7 @@ def render(utt: Utterance, speech: np.ndarray, pool: TalkerPool,
     clean = scale_to_level(np.pad(to_16k(speech), tuple(pad)), utt.level_db)
     floor = colored(len(clean), rng, 1.0) * 10 ** ((utt.level_db + FLOOR_DB) / 20)
     noise = make_noise(utt.noise, len(clean), rng, pool)
-    clean, noisy = mix_at_snr(clean + floor, noise, utt.snr)
-    return to_pcm16(clean), to_pcm16(noisy)
+    return mix_pcm16(clean + floor, noise, utt.snr)
 
 
 # rendering workers get the plan's shared inputs once, through the pool initializer
@@ -176,10 +175,8 @@ def _render_and_write(i: int) -> Row:
                       utt.snr, clean, noisy)
 
 
-def build(data: Mapping[str, Any], out_dir: Path, workers: int = 1) -> list[Row]:
-    """Write the synthetic corpus described by the ``data`` config section into
-    ``out_dir``; return its manifest rows."""
-    plan = plan_corpus(data["synthetic"], data["valid_speakers"])
+def build(plan: Plan, out_dir: Path, workers: int = 1) -> list[Row]:
+    """Write the planned corpus into ``out_dir``; return its manifest rows."""
     jobs = [(u.text, u.speaker.voice) for u in plan.utterances]
     jobs += [(text, speaker.voice) for speaker, texts in plan.babble for text in texts]
     print(f"prepare: synthesising {len(jobs)} sentences with eSpeak NG", flush=True)

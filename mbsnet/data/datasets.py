@@ -1,0 +1,110 @@
+"""PyTorch datasets over a prepared corpus (manifest.tsv, see docs/results.md).
+
+- :class:`TrainDataset`: fixed-length random crops, the same for clean and noisy;
+  utterances shorter than the crop are tiled to its length (as the BSRNN recipe does). The
+  crop of item ``i`` depends only on ``(seed, epoch, i)``, never on the worker or process.
+- :class:`EvalDataset`: whole utterances, unpadded, with their labels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import DataError
+from .manifest import SAMPLE_RATE, read_manifest
+
+__all__ = ["TrainDataset", "EvalDataset", "read_manifest"]
+
+
+def _split_rows(manifest_path: str | Path, split: str) -> pd.DataFrame:
+    frame = read_manifest(manifest_path)
+    rows = frame[frame["split"] == split].reset_index(drop=True)
+    if rows.empty:
+        raise DataError(f"manifest {manifest_path} has no '{split}' utterances "
+                        f"(splits present: {', '.join(sorted(frame['split'].unique()))})")
+    return rows
+
+
+def _read(path: str, start: int = 0, frames: int = -1) -> np.ndarray:
+    try:
+        samples, rate = sf.read(path, start=start, frames=frames, dtype="float32",
+                                always_2d=False)
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from exc
+    if rate != SAMPLE_RATE or samples.ndim != 1:
+        raise DataError(f"{path}: expected 16 kHz mono, found {rate} Hz, shape {samples.shape}")
+    if frames >= 0 and len(samples) != frames:
+        raise DataError(f"{path} is shorter than the manifest says ({start + len(samples)} "
+                        f"samples, needed {start + frames}); prepare the corpus again")
+    return samples
+
+
+class TrainDataset(Dataset):
+    """Random ``crop_seconds`` crops of the ``split`` utterances as ``(clean, noisy)``
+    float tensors; call :meth:`set_epoch` each epoch for new crops."""
+
+    def __init__(self, manifest_path: str | Path, split: str = "train",
+                 crop_seconds: float = 2.0, seed: int = 0) -> None:
+        if crop_seconds <= 0:
+            raise ValueError(f"crop_seconds must be positive, got {crop_seconds}")
+        self.rows = _split_rows(manifest_path, split)
+        self.crop = int(round(crop_seconds * SAMPLE_RATE))
+        self.lengths = np.round(self.rows["duration"].to_numpy() * SAMPLE_RATE).astype(np.int64)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def crop_start(self, index: int) -> int:
+        """First sample of item ``index``'s crop this epoch (0 for a tiled utterance)."""
+        spare = int(self.lengths[index]) - self.crop
+        if spare <= 0:
+            return 0
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        return int(rng.integers(0, spare + 1))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        row = self.rows.iloc[index]
+        length = int(self.lengths[index])
+        pair = []
+        for path in (row["clean"], row["noisy"]):
+            if length >= self.crop:
+                samples = _read(path, self.crop_start(index), self.crop)
+            else:
+                samples = np.resize(_read(path, 0, length), self.crop)  # tile cyclically
+            pair.append(torch.from_numpy(samples))
+        return pair[0], pair[1]
+
+
+class EvalDataset(Dataset):
+    """Whole ``split`` utterances, unpadded: dicts with ``utt_id``, ``clean``, ``noisy``
+    (float tensors), ``snr`` (float, NaN if unknown), ``noise`` and ``speaker``."""
+
+    def __init__(self, manifest_path: str | Path, split: str = "test") -> None:
+        self.rows = _split_rows(manifest_path, split)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        row = self.rows.iloc[index]
+        clean, noisy = _read(row["clean"]), _read(row["noisy"])
+        if len(clean) != len(noisy):
+            raise DataError(f"{row['utt_id']}: clean has {len(clean)} samples, noisy {len(noisy)}")
+        return {"utt_id": row["utt_id"], "clean": torch.from_numpy(clean),
+                "noisy": torch.from_numpy(noisy), "snr": float(row["snr"]),
+                "noise": row["noise"], "speaker": row["speaker"]}
