@@ -16,7 +16,7 @@ import soundfile as sf
 
 from ..data.progress import progress as show_progress
 from ..errors import DataError
-from .composite import composite
+from .composite import composite_scores
 from .standard import pesq_wb_checked, si_sdr, stoi
 
 METRICS = ("pesq_wb", "csig", "cbak", "covl", "ssnr", "stoi", "estoi", "si_sdr")
@@ -72,7 +72,7 @@ def score_pair(clean: Audio, degraded: Audio, sr: int = 16000) -> dict[str, Any]
         pesq = math.nan
         errors.append(f"pesq_wb: wide-band PESQ needs 16 kHz, got {sr} Hz")
     row: dict[str, Any] = {"pesq_wb": pesq}
-    composites = attempt("composite", composite, clean, degraded, pesq, sr)
+    composites = attempt("composite", composite_scores, clean, degraded, pesq, sr)
     for key in ("csig", "cbak", "covl", "ssnr"):
         row[key] = composites[key] if isinstance(composites, dict) else math.nan
     row["stoi"] = attempt("stoi", stoi, clean, degraded, sr)
