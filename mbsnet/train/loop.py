@@ -33,10 +33,11 @@ import torch
 from tqdm import tqdm
 
 from ..atomic import write_json, write_text
-from ..audio import istft, stft
+from ..audio import stft
 from ..config import ablation_config, config_hash
 from ..data.datasets import EvalDataset, TrainDataset
 from ..device import describe, peak_memory_mb, reset_peak_memory, select_device, set_threads
+from ..enhance import enhance_waveform
 from ..errors import DataError, MbsnetError
 from ..models import count_parameters, save_model
 from .checkpoint import RunState, load_checkpoint, save_checkpoint, set_rng_state
@@ -88,9 +89,6 @@ def train(config: Mapping[str, Any], ablation: str, seed: int, out_dir: str | Pa
     train_set = TrainDataset(manifest, split="train", crop_seconds=settings["crop_seconds"],
                              seed=seed)
     valid_set = EvalDataset(manifest, split=settings["validate_on"])
-    for name, dataset in (("train", train_set), (settings["validate_on"], valid_set)):
-        if len(dataset) == 0:
-            raise DataError(f"{manifest} has no utterances in the '{name}' split")
 
     identity = config_hash({"ablation": ablation_cfg["name"], "model": ablation_cfg["model"],
                             "training": {k: v for k, v in settings.items()
@@ -340,15 +338,10 @@ def validate(trainer: Trainer, dataset: EvalDataset) -> tuple[float, float]:
         est_spec = trainer.enhance_spec(stft(noisy[None]))
         losses.append(reconstruction_loss(est_spec, clean_spec, trainer.loss_cfg).item())
         cleans.append(clean.cpu().numpy())
-        enhanced.append(_enhance_waveform(trainer.generator, noisy).cpu().numpy())
+        enhanced.append(enhance_waveform(trainer.generator, noisy).cpu().numpy())
     pesq = trainer.pesq.scores(cleans, enhanced)
     finite = pesq[np.isfinite(pesq)]
     return float(np.mean(losses)), float(finite.mean()) if finite.size else math.nan
-
-
-def _enhance_waveform(model: torch.nn.Module, wave: torch.Tensor) -> torch.Tensor:
-    # Stand-in for mbsnet.enhance.enhance_waveform until it lands.
-    return istft(model(stft(wave[None])), length=wave.shape[-1])[0]
 
 
 class _TerminationRequest:
