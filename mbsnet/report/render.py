@@ -216,10 +216,14 @@ def significance_context(results: collect.Results) -> dict[str, Any]:
                          cls="better" if row.significant and r.mean_diff > 0 else
                          "worse" if row.significant else "")
         out.append(entry)
+    tested = [r for r in rows if isinstance(r.result, stats.Comparison)]
     note = ""
-    if small:
+    if small and len(small) == len(tested):
         note = (f"The test set is too small for any conclusion: {max(small)} or fewer paired "
                 f"utterances where at least {stats.MIN_PAIRS} are needed; no test was made.")
+    elif small:
+        note = (f"{len(small)} comparison(s) have fewer than {stats.MIN_PAIRS} paired utterances "
+                "(too many failed metrics) and were not tested.")
     return {"missing": "", "rows": out, "small": note}
 
 
@@ -248,7 +252,7 @@ def _figure(title: str, caption: str, fig: Any, fmt: str = "svg") -> dict[str, s
     return {"title": title, "caption": caption, "missing": "", "uri": figures.figure_uri(fig, fmt)}
 
 
-def _example_context(results: collect.Results, colors: dict[str, str]) -> dict[str, Any]:
+def _example_context(results: collect.Results) -> dict[str, Any]:
     example = collect.example_audio(results)
     if isinstance(example.utt_id, Missing):
         return {"missing": str(example.utt_id)}
@@ -314,7 +318,7 @@ def build_report(config: Mapping[str, Any], results_dir: str | Path,
                 "memory at the configured batch.", figures.efficiency(rows, colors)),
     ]
     say("report: spectrograms and audio")
-    example = _example_context(results, colors)
+    example = _example_context(results)
     context = {
         "baseline": results.baseline,
         "metrics": list(METRICS.values()),
