@@ -1,0 +1,55 @@
+"""`mbsnet profile`: the pre-flight profile of one ablation, and its memory budget check."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = ("Measure one ablation before training (parameters, inference MACs/FLOPs per second, "
+        "peak memory and median time of a full training step, inference real-time factor) "
+        "on the training device; write OUT (profile.json), or fail without writing it when "
+        "the peak exceeds resources.gpu_memory_gb.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="config.yaml (or the resolved config)")
+    parser.add_argument("--ablation", required=True, help="an ablation name from the config")
+    parser.add_argument("--out", required=True, help="profile.json to write")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default: resources.threads of the config)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                        help="device to measure on (default: training.device of the ablation)")
+    parser.add_argument("--warmup-steps", type=int, default=1,
+                        help="training steps before measuring (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=2,
+                        help="timed training steps; the median is reported (default: %(default)s)")
+    parser.add_argument("--inference-runs", type=int, default=3,
+                        help="timed inference runs for the real-time factor (default: %(default)s)")
+    parser.add_argument("--no-budget-check", action="store_true",
+                        help="write the profile even above the budget (within_budget: false); "
+                             "for benchmarks, never before training")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..atomic import write_json
+    from ..config import ablation_config, load_config
+    from ..device import select_device, set_threads
+    from ..errors import ConfigError
+    from ..profiling import ProfileOptions, check_budget, profile_ablation
+
+    config = load_config(args.config)
+    training = ablation_config(config, args.ablation)["training"]
+    try:
+        options = ProfileOptions(args.warmup_steps, args.steps, args.inference_runs)
+    except ValueError as exc:
+        raise ConfigError(f"{exc} (--warmup-steps, --steps, --inference-runs)") from exc
+    set_threads(args.threads if args.threads is not None else config["resources"]["threads"])
+    device = select_device(args.device or training["device"])
+    profile = profile_ablation(config, args.ablation, device, options,
+                               log=lambda line: print(line, flush=True))
+    for warning in profile["warnings"]:
+        print(f"[{args.ablation}] warning: {warning}", flush=True)
+    if not args.no_budget_check:
+        check_budget(profile)
+    write_json(args.out, profile)
+    print(f"[{args.ablation}] wrote {args.out} in {profile['profile_seconds']:.0f} s", flush=True)
+    return 0

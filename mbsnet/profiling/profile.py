@@ -1,0 +1,198 @@
+"""One ablation's pre-flight profile (results/{ablation}/profile.json) and its memory budget.
+
+:func:`profile_ablation` builds the ablation's :class:`~mbsnet.train.trainer.Trainer` on the
+training device, at the configured batch size and crop length, and measures parameters,
+inference FLOPs, the peak memory and median time of full training steps (generator and
+discriminator, MetricGAN term on, PESQ targets in worker processes) and the inference
+real-time factor. :func:`check_budget` fails fast when the peak exceeds
+``resources.gpu_memory_gb``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..audio import SAMPLE_RATE
+from ..config import ablation_config
+from ..device import describe
+from ..errors import MbsnetError
+from ..models import count_parameters
+from .flops import METHOD as FLOPS_METHOD
+from .flops import count_inference_flops
+from .memory import measure_step_memory, training_state
+from .timing import inference_rtf, median_seconds, timed
+
+NEAR_BUDGET = 0.8
+"""Fraction of the budget above which the profile carries a warning."""
+
+PROBE_SNR_DB = 5.0
+
+
+class MemoryBudgetError(MbsnetError):
+    """An ablation's measured training-step peak exceeds ``resources.gpu_memory_gb``."""
+
+
+@dataclass(frozen=True)
+class ProfileOptions:
+    """How much to measure: steps before measuring, timed steps, inference runs."""
+
+    warmup_steps: int = 1
+    steps: int = 2
+    inference_runs: int = 3
+
+    def __post_init__(self) -> None:
+        for name in ("warmup_steps", "steps", "inference_runs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+
+def probe_batch(batch: int, seconds: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A deterministic (clean, noisy) batch ``[batch, samples]`` that PESQ accepts as speech:
+    voiced harmonics with a drifting pitch and a syllable-rate envelope, plus white noise
+    at 5 dB SNR. Random noise alone would make PESQ fail and skip the discriminator step."""
+    rng = np.random.default_rng(seed)
+    samples = round(seconds * SAMPLE_RATE)
+    t = np.arange(samples) / SAMPLE_RATE
+    harmonics = np.arange(1, 31)[:, None]
+    clean = np.empty((batch, samples))
+    for b in range(batch):
+        f0 = rng.uniform(100, 200) * (1 + 0.2 * np.sin(2 * np.pi * 0.7 * t + rng.uniform(0, 7)))
+        phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
+        voiced = (np.sin(harmonics * phase) / harmonics).sum(0)
+        envelope = np.sqrt(np.clip(np.sin(2 * np.pi * 4 * t + rng.uniform(0, 7)), 0, None))
+        clean[b] = voiced * envelope
+    clean *= 0.1 / np.sqrt(np.mean(clean**2, axis=1, keepdims=True) + 1e-12)
+    noise = rng.standard_normal(clean.shape)
+    noise *= np.sqrt(np.mean(clean**2, axis=1, keepdims=True) / 10 ** (PROBE_SNR_DB / 10))
+    return (torch.as_tensor(clean, dtype=torch.float32),
+            torch.as_tensor(clean + noise, dtype=torch.float32))
+
+
+def _make_trainer(ablation_cfg: dict, config: Mapping[str, Any], device: torch.device):
+    from ..train.trainer import Trainer  # imported late: it pulls in PESQ and the workers
+
+    return Trainer(ablation_cfg, config, device)
+
+
+def _optimizers(trainer: object) -> list[torch.optim.Optimizer]:
+    return [v for v in vars(trainer).values() if isinstance(v, torch.optim.Optimizer)]
+
+
+def profile_ablation(config: Mapping[str, Any], name: str, device: torch.device,
+                     options: ProfileOptions = ProfileOptions(),
+                     make_trainer: Callable = _make_trainer,
+                     log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Measure one ablation (see the module docstring); returns the profile.json dict."""
+    ablation = ablation_config(config, name)
+    training = ablation["training"]
+    batch, crop = training["batch_size"], training["crop_seconds"]
+    started = time.perf_counter()
+    warnings: list[str] = []
+    torch.manual_seed(0)
+    trainer = make_trainer(ablation, config, device)
+    try:
+        generator = trainer.generator
+        params = count_parameters(generator)
+        claimed = ablation.get("claimed_params")
+        log(f"[{name}] {params['total']:,} parameters; counting inference FLOPs")
+        flops = count_inference_flops(generator, crop, device)
+
+        clean, noisy = (t.to(device) for t in probe_batch(batch, crop))
+        outcomes: list[dict] = []
+
+        def step() -> None:
+            outcomes.append(trainer.train_step(clean, noisy, use_metric_loss=True))
+
+        for i in range(options.warmup_steps):
+            seconds = timed(step, device)
+            log(f"[{name}] warm-up step {i + 1}/{options.warmup_steps}: {seconds:.1f} s "
+                f"(batch {batch}, {crop:g} s crops)")
+        live = training_state([generator, trainer.discriminator], _optimizers(trainer))
+        memory = measure_step_memory(step, device, live + [clean, noisy])
+        log(f"[{name}] peak training-step memory {memory.peak_mb:,.0f} MB")
+        step_seconds = median_seconds(step, device, options.steps)
+        log(f"[{name}] median training step {step_seconds:.2f} s over {options.steps}")
+        rtf = inference_rtf(generator, crop, device, runs=options.inference_runs)
+        log(f"[{name}] inference real-time factor {rtf:.3f}")
+    finally:
+        close = getattr(trainer, "close", None)
+        if close is not None:
+            close()
+
+    warnings += _step_warnings(outcomes)
+    budget_gb = float(config["resources"]["gpu_memory_gb"])
+    share = memory.peak_mb / (budget_gb * 1024)
+    if NEAR_BUDGET < share <= 1:
+        warnings.append(f"peak training memory {memory.peak_mb:,.0f} MB is {share:.0%} of the "
+                        f"{budget_gb:g} GB budget (resources.gpu_memory_gb)")
+    return {
+        "ablation": name,
+        "device": describe(device),
+        "params": {"total": params["total"], "per_module": params["per_module"],
+                   "claimed": claimed,
+                   "ratio": params["total"] / claimed if claimed else None},
+        "macs_per_second": flops.macs_per_second,
+        "flops_per_second": flops.flops_per_second,
+        "flops_method": FLOPS_METHOD,
+        "flops_per_second_by_source": flops.as_dict(),
+        "peak_train_memory_mb": memory.peak_mb,
+        "memory_method": memory.method,
+        "memory_details": memory.details,
+        "train_step_seconds": step_seconds,
+        "inference_rtf": rtf,
+        "batch_size": batch,
+        "crop_seconds": crop,
+        "budget_gb": budget_gb,
+        "within_budget": share <= 1,
+        "precision": training["precision"],
+        "gradient_checkpointing": training["gradient_checkpointing"],
+        "threads": torch.get_num_threads(),
+        "warmup_steps": options.warmup_steps,
+        "timed_steps": options.steps,
+        "profile_seconds": time.perf_counter() - started,
+        "warnings": warnings,
+    }
+
+
+def _step_warnings(outcomes: list[dict]) -> list[str]:
+    """Steps that did not run in full make the memory and time figures too low: say so."""
+    warnings = []
+    skipped = [o.get("reason") for o in outcomes if o.get("skipped")]
+    if skipped:
+        warnings.append(f"{len(skipped)} of {len(outcomes)} profiled training steps were "
+                        f"skipped ({skipped[0]}); figures may be too low")
+    no_disc = [o.get("disc_reason") for o in outcomes
+               if not o.get("skipped") and o.get("disc_loss") is None]
+    if no_disc:
+        warnings.append(f"the discriminator step was skipped in {len(no_disc)} of "
+                        f"{len(outcomes)} profiled steps ({no_disc[0]}); figures may be too low")
+    return warnings
+
+
+def check_budget(profile: Mapping[str, Any]) -> None:
+    """Raise :class:`MemoryBudgetError` when the profile's peak exceeds its budget."""
+    peak_mb, budget_gb = profile["peak_train_memory_mb"], profile["budget_gb"]
+    if peak_mb <= budget_gb * 1024:
+        return
+    name = profile["ablation"]
+    on_cpu = not str(profile["device"]).startswith("cuda")
+    where = (f"measured on the CPU ({profile['device']}): no GPU here, so the budget check "
+             "uses the CPU measurement of the same step's tensor memory"
+             if on_cpu else f"measured on {profile['device']}")
+    checkpointing = ("" if profile.get("gradient_checkpointing")
+                     else ", or set training.gradient_checkpointing: true (Mamba layers "
+                          "recompute their activations in backward)")
+    raise MemoryBudgetError(
+        f"ablation '{name}' needs {peak_mb / 1024:.2f} GB ({peak_mb:,.0f} MB) of memory for "
+        f"one training step at batch_size {profile['batch_size']} and crop_seconds "
+        f"{profile['crop_seconds']:g}, but resources.gpu_memory_gb allows {budget_gb:g} GB "
+        f"({where}). To fit, lower training.batch_size or training.crop_seconds (for this "
+        f"ablation only: ablations.{name}.training.batch_size / crop_seconds)"
+        f"{checkpointing}; or raise resources.gpu_memory_gb if the training GPU is larger. "
+        "No profile was written and training was not started.")
