@@ -9,7 +9,7 @@ Two folder layouts are accepted at ``data.root``:
 :func:`scan` validates the whole tree from the file headers before anything is written and
 raises one DataError listing every problem; :func:`build` resamples each pair to 16 kHz with
 soxr and writes it. Noise type and SNR come from the official ``log_*.txt`` files when
-present (lines like ``p232_001 living 2.5``), otherwise ``unknown`` / NaN.
+present (``log_testset.txt`` etc., lines like ``p232_001 living 2.5``), otherwise ``unknown`` / NaN.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ OFFICIAL_TRAIN = (("clean_trainset_28spk_wav", "noisy_trainset_28spk_wav"),
                   ("clean_trainset_56spk_wav", "noisy_trainset_56spk_wav"))
 OFFICIAL_TEST = ("clean_testset_wav", "noisy_testset_wav")
 BSRNN = {"train": ("train/clean", "train/noisy"), "test": ("test/clean", "test/noisy")}
-LOG_GLOB = "log_*.txt"
+LOG_GLOBS = ("log_trainset*.txt", "log_testset*.txt")  # in the root or in logfiles/
 VALID_SEED = 0  # picks the held-out validation speakers when data.valid_speakers is a count
 
 
@@ -88,10 +88,16 @@ def speaker_of(utt_id: str) -> str:
     return utt_id.split("_", 1)[0]
 
 
+def log_files(root: Path) -> list[Path]:
+    """The official log files, in ``root`` or its ``logfiles`` folder (logfiles.zip)."""
+    return sorted(p for folder in (root, root / "logfiles") for pattern in LOG_GLOBS
+                  for p in folder.glob(pattern))
+
+
 def read_logs(root: Path) -> dict[str, tuple[str, float]]:
-    """``{utt_id: (noise, snr)}`` from the official ``log_*.txt`` files in ``root``."""
+    """``{utt_id: (noise, snr)}`` from the official log files (see :func:`log_files`)."""
     labels: dict[str, tuple[str, float]] = {}
-    for log in sorted(root.glob(LOG_GLOB)):
+    for log in log_files(root):
         skipped = 0
         for line in log.read_text(errors="replace").splitlines():
             fields = line.split()
@@ -155,7 +161,7 @@ def scan(root: str | Path, valid_speakers: int | Sequence[str]) -> Corpus:
             c, n = infos
             if c is not None and n is not None and (c.frames, c.samplerate) != (n.frames, n.samplerate):
                 report("clean/noisy length mismatch",
-                       f"{rel(clean[stem])}: {c.frames} samples at {c.samplerate} Hz, "
+                       f"{rel(clean[stem])}: clean {c.frames} samples at {c.samplerate} Hz, "
                        f"noisy {n.frames} at {n.samplerate} Hz")
             noise, snr = labels.get(stem, (UNKNOWN_NOISE, math.nan))
             pairs.append(Pair(stem, split, speaker_of(stem), clean[stem], noisy[stem], noise, snr))
@@ -188,7 +194,7 @@ def fingerprint(root: str | Path) -> str:
     root = Path(root).expanduser()
     _, dirs = find_layout(root)
     digest = hashlib.sha256()
-    files = sorted(root.glob(LOG_GLOB)) + sorted(
+    files = log_files(root) + sorted(
         p for pair in dirs.values() for d in pair for p in d.iterdir() if p.suffix.lower() == ".wav")
     for path in files:
         stat = path.stat()
