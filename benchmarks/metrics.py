@@ -185,7 +185,8 @@ def print_table(result: dict) -> None:
     print(f"\n{'metric':30s} {'s/utterance':>12s}")
     for name, value in result["per_utterance_s"].items():
         print(f"{name:30s} {value:12.4f}")
-    print(f"\n{'measure':12s} {'vectorised s':>13s} {'loop s':>9s} {'speedup':>8s} {'max |diff|':>11s}")
+    print(f"\n{'measure':12s} {'vectorised s':>13s} {'loop s':>9s} {'speedup':>8s} "
+          f"{'max |diff|':>11s}")
     for name, c in result["composite_vs_loop"].items():
         print(f"{name:12s} {c['vectorised_s']:13.4f} {c['loop_s']:9.4f} {c['speedup']:7.1f}x "
               f"{c['max_abs_diff']:11.2e}")

@@ -77,7 +77,8 @@ def audio_files(source: str | Path) -> list[Path]:
         return [source]
     if not source.is_dir():
         raise DataError(f"input {source} does not exist")
-    files = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    files = sorted(p for p in source.iterdir()
+                   if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
     if not files:
         raise DataError(f"no audio files in {source}")
     return files

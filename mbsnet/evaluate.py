@@ -87,9 +87,11 @@ def summarise(table: pd.DataFrame, system: str) -> dict[str, Any]:
     """summary.json: counts, failures and statistics overall and per SNR."""
     by_snr = {}
     snrs = table["snr"].to_numpy(dtype=float)
-    for snr in sorted(set(snrs[np.isfinite(snrs)].tolist())) + ([math.nan] if np.isnan(snrs).any() else []):
-        group = table[np.isnan(snrs)] if math.isnan(snr) else table[snrs == snr]
-        by_snr[snr_key(snr)] = {m: describe(group[m]) for m in METRICS}
+    groups = [(snr, snrs == snr) for snr in sorted(set(snrs[np.isfinite(snrs)].tolist()))]
+    if np.isnan(snrs).any():
+        groups.append((math.nan, np.isnan(snrs)))
+    for snr, mask in groups:
+        by_snr[snr_key(snr)] = {m: describe(table[m][mask]) for m in METRICS}
     return {
         "system": system,
         "n": int(len(table)),
