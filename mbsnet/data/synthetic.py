@@ -118,7 +118,8 @@ def plan_corpus(settings: Mapping[str, Any], valid_speakers: int | Sequence[str]
     train_speakers, test_speakers = speakers[:k_train], speakers[k_train:]
     valid = set(choose_valid_speakers([s.id for s in train_speakers], valid_speakers, seed))
 
-    texts = [sentences()[i] for i in rng.permutation(len(sentences()))]
+    all_texts = sentences()
+    texts = [all_texts[i] for i in rng.permutation(len(all_texts))]
     n_test_texts = max(1, min(n_test, len(texts) // 4))  # test sentences unseen in training
     test_texts, train_texts = texts[:n_test_texts], texts[n_test_texts:]
 

@@ -130,56 +130,70 @@ def _check_header(path: Path) -> tuple[str, str, Any]:
     return "", "", info
 
 
+class _Problems:
+    """Validation findings grouped by kind, raised together as one DataError."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.found: dict[str, list[str]] = {}
+
+    def add(self, kind: str, path: Path, detail: str = "") -> None:
+        self.found.setdefault(kind, []).append(f"{path.relative_to(self.root)}{detail}")
+
+    def raise_if_any(self) -> None:
+        if self.found:
+            count = sum(len(items) for items in self.found.values())
+            sections = [f"{kind} ({len(items)}):\n{format_list(items)}"
+                        for kind, items in self.found.items()]
+            raise DataError(f"VoiceBank-DEMAND at {self.root} has {count} problem(s); nothing "
+                            f"was written:\n" + "\n".join(sections))
+
+
+def _check_pair(clean: Path, noisy: Path, problems: _Problems) -> None:
+    infos = []
+    for path in (clean, noisy):
+        problem, detail, info = _check_header(path)
+        if problem:
+            problems.add(problem, path, detail)
+        infos.append(info)
+    c, n = infos
+    if c is not None and n is not None and (c.frames, c.samplerate) != (n.frames, n.samplerate):
+        problems.add("clean/noisy length mismatch", clean,
+                     f": clean {c.frames} samples at {c.samplerate} Hz, "
+                     f"noisy {n.frames} at {n.samplerate} Hz")
+
+
 def scan(root: str | Path, valid_speakers: int | Sequence[str]) -> Corpus:
     """Validate the tree at ``root`` (headers only, nothing written) and list its pairs,
     with training speakers in ``valid_speakers`` moved to the ``valid`` split."""
     root = Path(root).expanduser()
     layout, dirs = find_layout(root)
-    problems: dict[str, list[str]] = {}
-
-    def report(kind: str, item: str) -> None:
-        problems.setdefault(kind, []).append(item)
-
+    problems = _Problems(root)
     labels = read_logs(root)
     pairs: list[Pair] = []
     for split, (clean_dir, noisy_dir) in dirs.items():
         clean, noisy = _wavs(clean_dir), _wavs(noisy_dir)
-        rel = lambda p: str(p.relative_to(root))  # noqa: E731
         if not clean and not noisy:
-            report("folders without any .wav file", f"{rel(clean_dir)}, {rel(noisy_dir)}")
+            problems.add("folders without any .wav file", clean_dir, f" and {noisy_dir.name}")
         for stem in sorted(set(clean) - set(noisy)):
-            report("clean files without a noisy partner", rel(clean[stem]))
+            problems.add("clean files without a noisy partner", clean[stem])
         for stem in sorted(set(noisy) - set(clean)):
-            report("noisy files without a clean partner", rel(noisy[stem]))
+            problems.add("noisy files without a clean partner", noisy[stem])
         for stem in sorted(set(clean) & set(noisy)):
-            infos = []
-            for path in (clean[stem], noisy[stem]):
-                problem, detail, info = _check_header(path)
-                if problem:
-                    report(problem, rel(path) + detail)
-                infos.append(info)
-            c, n = infos
-            if c is not None and n is not None and (c.frames, c.samplerate) != (n.frames, n.samplerate):
-                report("clean/noisy length mismatch",
-                       f"{rel(clean[stem])}: clean {c.frames} samples at {c.samplerate} Hz, "
-                       f"noisy {n.frames} at {n.samplerate} Hz")
+            _check_pair(clean[stem], noisy[stem], problems)
             noise, snr = labels.get(stem, (UNKNOWN_NOISE, math.nan))
             pairs.append(Pair(stem, split, speaker_of(stem), clean[stem], noisy[stem], noise, snr))
-    seen: dict[str, str] = {}
+    test_ids = {p.utt_id for p in pairs if p.split == "test"}
     for pair in pairs:
-        if pair.utt_id in seen:
-            report("utterance ids in both train and test", pair.utt_id)
-        seen[pair.utt_id] = pair.split
-    if problems:
-        count = sum(len(v) for v in problems.values())
-        sections = [f"{kind} ({len(items)}):\n{format_list(items)}" for kind, items in problems.items()]
-        raise DataError(f"VoiceBank-DEMAND at {root} has {count} problem(s); nothing was "
-                        f"written:\n" + "\n".join(sections))
+        if pair.split == "train" and pair.utt_id in test_ids:
+            problems.add("file names in both train and test", pair.clean)
+    problems.raise_if_any()
+
     train_speakers = sorted({p.speaker for p in pairs if p.split == "train"})
-    overlap = sorted(set(train_speakers) & {p.speaker for p in pairs if p.split == "test"})
-    if overlap:
-        raise DataError(f"VoiceBank-DEMAND at {root}: speakers in both train and test: "
-                        f"{', '.join(overlap)}")
+    shared = sorted(set(train_speakers) & {p.speaker for p in pairs if p.split == "test"})
+    if shared:
+        print(f"prepare: warning: speakers in both train and test: {', '.join(shared)}",
+              flush=True)
     try:
         valid = set(choose_valid_speakers(train_speakers, valid_speakers, VALID_SEED))
     except ConfigError as exc:
