@@ -96,9 +96,9 @@ def metric_bars(rows: list[collect.HeadlineRow], colors: dict[str, str]) -> Figu
         ax.set_title(label, fontsize=10)
         ax.set_xticks(x, [r.system for r in scored], rotation=45, ha="right", fontsize=8)
         ax.grid(axis="y", alpha=0.3)
-        finite = [m for m in means if math.isfinite(m)]
-        if finite and min(finite) > 0:
-            ax.set_ylim(bottom=min(finite) * 0.8)
+        lows = [m - c for m, c in zip(means, cis) if math.isfinite(m)]
+        if lows and min(lows) > 0:   # positive scales (PESQ, STOI): zoom in on the differences
+            ax.set_ylim(bottom=min(lows) * 0.9)
     return fig
 
 
@@ -129,6 +129,7 @@ def efficiency(rows: list[collect.HeadlineRow], colors: dict[str, str]) -> Figur
     plotted = 0
     for ax, cost, xlabel in [(axes[0], "params", "parameters (M)"),
                              (axes[1], "peak_train_memory_mb", "peak training memory (MB)")]:
+        before = plotted
         for row in rows:
             pesq, x = row.metrics["pesq_wb"], row.costs[cost]
             if isinstance(pesq, Missing) or not isinstance(x, float):
@@ -143,6 +144,11 @@ def efficiency(rows: list[collect.HeadlineRow], colors: dict[str, str]) -> Figur
         ax.set_ylabel("PESQ-WB")
         ax.xaxis.get_major_locator().set_params(nbins=5)
         ax.margins(x=0.15, y=0.1)
+        if plotted == before:
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.text(0.5, 0.5, "missing: no ablation has both\nPESQ and this measurement",
+                    transform=ax.transAxes, ha="center", va="center", color="#8a4b00")
         ax.grid(alpha=0.3)
     if not plotted:
         return Missing("no ablation has both PESQ and profile data")
