@@ -12,22 +12,32 @@ from . import __version__, commands
 from .errors import MbsnetError
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_names() -> list[str]:
+    return sorted(info.name for info in pkgutil.iter_modules(commands.__path__))
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; with ``only``, import just that sub-command (fast start-up)."""
     parser = argparse.ArgumentParser(
         prog="mbsnet", description="Band-split speech enhancement ablations: models, data, "
         "training, evaluation, profiling and the comparison report.")
     parser.add_argument("--version", action="version", version=f"mbsnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"{commands.__name__}.{info.name}")
-        cmd = sub.add_parser(info.name, help=module.HELP, description=module.HELP)
+    for name in command_names():
+        if only is not None and name != only:
+            sub.add_parser(name)
+            continue
+        module = importlib.import_module(f"{commands.__name__}.{name}")
+        cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(cmd)
         cmd.set_defaults(handler=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    only = argv[0] if argv and argv[0] in command_names() else None
+    args = build_parser(only).parse_args(argv)
     try:
         return int(args.handler(args) or 0)
     except MbsnetError as exc:
