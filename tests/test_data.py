@@ -21,7 +21,7 @@ from mbsnet.data import espeak, noises, synthetic, voicebank
 from mbsnet.data.datasets import EvalDataset, TrainDataset
 from mbsnet.data.manifest import COLUMNS, MANIFEST, read_manifest
 from mbsnet.data.mixing import active_power, mix_at_snr, mix_pcm16, snr_db
-from mbsnet.errors import ConfigError, DataError
+from mbsnet.errors import ConfigError, DataError, MbsnetError
 
 from .fake_voicebank import make_fake_voicebank
 
@@ -114,6 +114,8 @@ def test_espeak_in_a_fresh_process_is_reproducible():
     assert [a.dtype for a in first] == [np.int16, np.int16]
     assert all(len(a) > espeak.ESPEAK_RATE * 0.3 for a in first)
     assert all(np.array_equal(a, b) for a, b in zip(first, second))
+    with pytest.raises(MbsnetError, match="voice 'xx-none\\+m1'"):
+        espeak.synthesize_fresh([("Hello.", espeak.Voice("xx-none+m1"))])
 
 
 def test_resampling_is_the_exact_polyphase_320_441():

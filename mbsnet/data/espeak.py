@@ -126,19 +126,30 @@ def synthesize_fresh(jobs: Sequence[tuple[str, Voice]]) -> list[np.ndarray]:
     package_root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    # the child's progress lines (and any traceback) go straight to our stderr
     proc = subprocess.run([sys.executable, "-m", __name__], input=pickle.dumps(list(jobs)),
-                          capture_output=True, env=env)
+                          stdout=subprocess.PIPE, env=env)
     if proc.returncode != 0:
-        tail = proc.stderr.decode(errors="replace").strip().splitlines()[-5:]
-        raise MbsnetError("eSpeak NG synthesis process failed:\n" + "\n".join(tail))
-    return pickle.loads(proc.stdout)
+        raise MbsnetError(f"the eSpeak NG synthesis process failed (exit status "
+                          f"{proc.returncode}; its messages are above)")
+    status, result = pickle.loads(proc.stdout)
+    if status != "ok":
+        raise MbsnetError(result)
+    return result
 
 
 def _serve() -> None:
-    """Entry point of :func:`synthesize_fresh`'s process: jobs on stdin, samples on stdout."""
+    """Entry point of :func:`synthesize_fresh`'s process: jobs on stdin, ``("ok",
+    samples)`` or ``("error", message)`` on stdout."""
+    from .progress import progress
+
     jobs = pickle.loads(sys.stdin.buffer.read())
-    spoken = [synthesize(text, voice) for text, voice in jobs]
-    sys.stdout.buffer.write(pickle.dumps(spoken, protocol=pickle.HIGHEST_PROTOCOL))
+    try:
+        reply = ("ok", [synthesize(text, voice)
+                        for text, voice in progress(jobs, len(jobs), "prepare: speaking")])
+    except MbsnetError as exc:
+        reply = ("error", str(exc))
+    sys.stdout.buffer.write(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 if __name__ == "__main__":
