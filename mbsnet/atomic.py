@@ -12,11 +12,15 @@ from pathlib import Path
 from typing import Any
 
 
-def _default_mode() -> int:
-    """0o666 less the umask: what a plain open() would give (mkstemp gives 0o600)."""
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def _default_mode() -> int:
+    """0o666 less the umask: what a plain open() would give (mkstemp gives 0o600)."""
+    return 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
@@ -54,6 +58,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

@@ -42,3 +42,6 @@ def test_directory_replaces_the_old_one_on_success(tmp_path):
     with atomic_dir(tmp_path / "data") as tmp:
         (tmp / "new.txt").write_text("new")
     assert os.listdir(tmp_path / "data") == ["new.txt"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(tmp_path / "data").st_mode) == 0o777 & ~umask
