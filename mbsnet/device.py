@@ -13,14 +13,15 @@ from .errors import ConfigError
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
-def select_device(name: str = "auto") -> torch.device:
+def select_device(name: str = "auto", key: str = "training.device") -> torch.device:
     """``auto``: the first visible CUDA device if there is one, else the CPU.
 
     Visibility follows ``CUDA_VISIBLE_DEVICES`` (as set by SLURM's GPU allocation), so
-    ``cuda`` always means ``cuda:0`` of the devices this process was given.
+    ``cuda`` always means ``cuda:0`` of the devices this process was given. ``key`` names
+    the setting in error messages (a config key or a command-line flag).
     """
     if name not in DEVICE_CHOICES:
-        raise ConfigError(f"training.device: '{name}' is not one of {', '.join(DEVICE_CHOICES)}")
+        raise ConfigError(f"{key}: '{name}' is not one of {', '.join(DEVICE_CHOICES)}")
     if name == "cpu":
         return torch.device("cpu")
     if torch.cuda.is_available():
@@ -30,7 +31,7 @@ def select_device(name: str = "auto") -> torch.device:
         hint = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
         build = "this PyTorch build has no CUDA support" if torch.version.cuda is None \
             else f"no CUDA device is visible{hint}"
-        raise ConfigError(f"training.device: 'cuda' requested but {build}; "
+        raise ConfigError(f"{key}: 'cuda' requested but {build}; "
                           "use device: auto or cpu")
     return torch.device("cpu")
 

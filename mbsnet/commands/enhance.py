@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from ..models import load_model
 
     total = len(audio_files(args.input))
-    model, _ = load_model(args.model, map_location=select_device(args.device))
+    model, _ = load_model(args.model, map_location=select_device(args.device, key="--device"))
     for done, path in enumerate(enhance_files(model, args.input, args.out), 1):
         print(f"[{done}/{total}] {path}", flush=True)
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..device import DEVICE_CHOICES, select_device
+from ..device import DEVICE_CHOICES, select_device, set_threads
 from ..errors import ConfigError
 from ..evaluate import NOISY, evaluate
 
@@ -25,11 +25,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write the enhanced WAVs to OUT/wavs/")
     parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
                         help="where the model runs (default: auto)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for enhancement (default: PyTorch's choice)")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    if args.threads is not None:
+        set_threads(args.threads)
     if args.noisy:
         if args.save_wavs:
             raise ConfigError("--save-wavs needs --model (the noisy input is already on disk)")
@@ -38,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         from ..models import load_model
 
-        model, info = load_model(args.model, map_location=select_device(args.device))
+        model, info = load_model(args.model, map_location=select_device(args.device, key="--device"))
         summary = evaluate(args.data, args.out, model=model, system=info["ablation"],
                            split=args.split, workers=args.workers, save_wavs=args.save_wavs)
     overall = summary["overall"]

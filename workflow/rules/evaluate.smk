@@ -23,7 +23,7 @@ rule evaluate:
         ENV
     shell:
         "mbsnet evaluate --model {input.model} --data {input.manifest} --out {params.out}"
-        " --workers {params.workers} {params.wavs} > {log} 2>&1"
+        " --workers {params.workers} --threads {threads} {params.wavs} > {log} 2>&1"
 
 
 rule evaluate_noisy:
