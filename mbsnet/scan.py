@@ -19,6 +19,7 @@ boundary, and backward recomputes the states of one chunk at a time.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 
 import torch
@@ -133,6 +134,33 @@ class _Chunk:
         return decays[0] * lams[0]
 
 
+def _in_parallel(work, parts: list[slice], device: torch.device) -> list:
+    """Run work(part) for every sub-batch; on a multi-threaded CPU, split the parts over
+    torch.get_num_threads() Python threads whose ATen ops run single-threaded.
+
+    The scan is thousands of small ops; letting each of them fork and join the intra-op thread
+    pool costs a barrier per op, which on a busy machine stalls for a time slice each time.
+    One coarse split over sub-batches needs no barrier until the end.
+    """
+    threads = min(torch.get_num_threads(), len(parts))
+    if device.type != "cpu" or threads <= 1:
+        return [work(part) for part in parts]
+
+    def worker(group: list[slice]) -> list:
+        torch.set_num_threads(1)  # this thread's own setting
+        with torch.no_grad():  # grad mode is per thread; the Function's own ops need none
+            return [work(part) for part in group]
+
+    groups = [parts[i::threads] for i in range(threads)]
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            return [r for rs in pool.map(worker, groups) for r in rs]
+    finally:
+        torch.set_num_threads(saved)
+
+
 class ChunkedScan(torch.autograd.Function):
     """Exact selective scan that saves only its inputs and the state at chunk boundaries.
 
@@ -149,15 +177,18 @@ class ChunkedScan(torch.autograd.Function):
         yt = y.transpose(0, 1)
         chunks = [slice(t0, t0 + CHUNK) for t0 in range(0, length, CHUNK)]
         boundary = x.new_empty(len(chunks), batch, dim, n)  # the state entering each chunk
+
+        def part(sb: slice) -> None:
+            buf = _Chunk(min(CHUNK, length), sb.stop - sb.start, A, with_adjoint=False)
+            h0 = x.new_zeros(sb.stop - sb.start, dim, n)
+            for c, tc in enumerate(chunks):
+                boundary[c, sb] = h0
+                T = buf.states(h0, dt[tc, sb], xt[tc, sb], Bt[tc, sb])
+                yt[tc, sb] = _over_states(buf.h[:T], Ct[tc, sb])
+                h0 = buf.h[T - 1]
+
         with torch.no_grad():
-            for sb in _sub_batches(batch, min(CHUNK, length), dim * n):
-                buf = _Chunk(min(CHUNK, length), sb.stop - sb.start, A, with_adjoint=False)
-                h0 = x.new_zeros(sb.stop - sb.start, dim, n)
-                for c, tc in enumerate(chunks):
-                    boundary[c, sb] = h0
-                    T = buf.states(h0, dt[tc, sb], xt[tc, sb], Bt[tc, sb])
-                    yt[tc, sb] = _over_states(buf.h[:T], Ct[tc, sb])
-                    h0 = buf.h[T - 1]
+            _in_parallel(part, _sub_batches(batch, min(CHUNK, length), dim * n), x.device)
             y.addcmul_(x, D)
         ctx.save_for_backward(x, delta, A, B, C, D, boundary)
         return y
@@ -171,12 +202,14 @@ class ChunkedScan(torch.autograd.Function):
         xt, dt, Bt, Ct, gt = (t.transpose(0, 1) for t in (x, delta, B, C, gy))
         grads = [torch.empty_like(t) for t in (x, delta, B, C)]
         gx, gdelta, gB, gC = (t.transpose(0, 1) for t in grads)
-        gA = torch.zeros_like(A)
         ones = A.new_ones(n)
         chunks = [slice(t0, t0 + CHUNK) for t0 in range(0, length, CHUNK)]
-        for sb in _sub_batches(batch, min(CHUNK, length), dim * n):
+
+        def part(sb: slice) -> torch.Tensor:
+            """Fill the gradients of one sub-batch; return its share of dA."""
             nb = sb.stop - sb.start
             buf = _Chunk(min(CHUNK, length), nb, A, with_adjoint=True)
+            gA = torch.zeros_like(A)
             carry = None
             for c in reversed(range(len(chunks))):
                 tc = chunks[c]
@@ -200,6 +233,9 @@ class ChunkedScan(torch.autograd.Function):
                 gdelta[tc, sb] = torch.addcmul(wA, x_c, lam_B)
                 gA += torch.bmm(d_c.reshape(k, dim).t().unsqueeze(1),
                                 w.view(k, dim, n).transpose(0, 1)).squeeze(1)
+            return gA
+
+        gA = sum(_in_parallel(part, _sub_batches(batch, min(CHUNK, length), dim * n), x.device))
         gx.addcmul_(gt, D)
         gD = (gy * x).sum((0, 1))
         return grads[0], grads[1], gA, grads[2], grads[3], gD

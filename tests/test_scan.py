@@ -75,6 +75,23 @@ def test_sub_batches_and_short_chunks_match_reference(monkeypatch):
         assert_rel_close(g, g_ref, what=f"d{name}")
 
 
+def test_threaded_sub_batches_match_single_thread(monkeypatch):
+    monkeypatch.setattr(scan, "WORKSET", 1)  # one sequence per sub-batch, split over threads
+    inputs = make_inputs(5, 20, 4, 3, seed=9)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = forward_and_grads(selective_scan, inputs)
+        torch.set_num_threads(2)
+        multi = forward_and_grads(selective_scan, inputs)
+        assert torch.get_num_threads() == 2  # restored after the scan
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(single[0], multi[0])
+    for name, a, b in zip(NAMES, single[1], multi[1]):
+        assert_rel_close(b, a, rtol=1e-6, what=f"d{name}")
+
+
 def test_gradcheck_float64(monkeypatch):
     monkeypatch.setattr(scan, "CHUNK", 4)
     monkeypatch.setattr(scan, "WORKSET", 4 * 3 * 2)  # one sequence per sub-batch
