@@ -134,6 +134,16 @@ class _Chunk:
         return decays[0] * lams[0]
 
 
+def _dispatch_mode_active() -> bool:
+    """True inside a TorchDispatchMode (e.g. FlopCounterMode): such modes are per thread,
+    so the scan must then stay in the calling thread for the mode to see its ops."""
+    try:
+        from torch.utils._python_dispatch import _get_current_dispatch_mode
+    except ImportError:
+        return True
+    return _get_current_dispatch_mode() is not None
+
+
 def _in_parallel(work, parts: list[slice], device: torch.device) -> list:
     """Run work(part) for every sub-batch; on a multi-threaded CPU, split the parts over
     torch.get_num_threads() Python threads whose ATen ops run single-threaded.
@@ -143,7 +153,7 @@ def _in_parallel(work, parts: list[slice], device: torch.device) -> list:
     One coarse split over sub-batches needs no barrier until the end.
     """
     threads = min(torch.get_num_threads(), len(parts))
-    if device.type != "cpu" or threads <= 1:
+    if device.type != "cpu" or threads <= 1 or _dispatch_mode_active():
         return [work(part) for part in parts]
 
     def worker(group: list[slice]) -> list:

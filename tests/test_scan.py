@@ -92,6 +92,25 @@ def test_threaded_sub_batches_match_single_thread(monkeypatch):
         assert_rel_close(b, a, rtol=1e-6, what=f"d{name}")
 
 
+def test_dispatch_modes_see_every_op(monkeypatch):
+    """Per-thread dispatch modes (the FLOP counter) still see the ops of every sub-batch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    monkeypatch.setattr(scan, "WORKSET", 1)
+    inputs = [t.detach() for t in make_inputs(4, 20, 8, 4)]
+    counts = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            with FlopCounterMode(display=False) as counter:
+                selective_scan(*inputs)
+            counts.append(counter.get_total_flops())
+    finally:
+        torch.set_num_threads(threads)
+    assert counts[0] == counts[1] > 0
+
+
 def test_gradcheck_float64(monkeypatch):
     monkeypatch.setattr(scan, "CHUNK", 4)
     monkeypatch.setattr(scan, "WORKSET", 4 * 3 * 2)  # one sequence per sub-batch
