@@ -22,56 +22,6 @@ from mbsnet.device import peak_memory_mb, select_device
 from mbsnet.errors import ConfigError, DataError, MbsnetError
 from mbsnet.metrics import pesq_wb
 from mbsnet.models import load_model
-
-try:
-    import mbsnet.data.datasets  # noqa: F401
-except ImportError:  # stand-in until the data engineer's module lands
-    import sys
-    import types
-
-    import pandas as pd
-
-    def _read(manifest, split):
-        frame = pd.read_csv(manifest, sep="\t", dtype=str)
-        frame = frame[frame["split"] == split]
-        base = Path(manifest).parent
-        return [(r.utt_id, sf.read(base / r.clean, dtype="float32")[0],
-                 sf.read(base / r.noisy, dtype="float32")[0]) for r in frame.itertuples()]
-
-    class TrainDataset:
-        def __init__(self, manifest_path, split="train", crop_seconds=2.0, seed=0):
-            self.items, self.crop, self.seed, self.epoch = _read(manifest_path, split), \
-                int(crop_seconds * 16000), seed, 0
-
-        def set_epoch(self, epoch):
-            self.epoch = epoch
-
-        def __len__(self):
-            return len(self.items)
-
-        def __getitem__(self, i):
-            _, clean, noisy = self.items[i]
-            rng = np.random.default_rng([self.seed, self.epoch, i])
-            start = int(rng.integers(0, len(clean) - self.crop + 1))
-            return (torch.from_numpy(clean[start:start + self.crop]),
-                    torch.from_numpy(noisy[start:start + self.crop]))
-
-    class EvalDataset:
-        def __init__(self, manifest_path, split):
-            self.items = _read(manifest_path, split)
-
-        def __len__(self):
-            return len(self.items)
-
-        def __getitem__(self, i):
-            utt, clean, noisy = self.items[i]
-            return {"utt_id": utt, "clean": torch.from_numpy(clean),
-                    "noisy": torch.from_numpy(noisy)}
-
-    _fake = types.ModuleType("mbsnet.data.datasets")
-    _fake.TrainDataset, _fake.EvalDataset = TrainDataset, EvalDataset
-    sys.modules["mbsnet.data.datasets"] = _fake
-
 from mbsnet.train import checkpoint as ckpt
 from mbsnet.train import loop, trainer as trainer_module
 from mbsnet.train.discriminator_targets import PesqScorer, metric_targets, normalised_pesq
