@@ -335,6 +335,7 @@ def test_run_writes_the_documented_outputs(reference_run):
     assert all(math.isfinite(s["gen_loss"]) and not s["skipped"] for s in steps)
     assert all(math.isfinite(e["val_loss"]) and 1.0 <= e["val_pesq"] <= 4.5 for e in epochs)
     assert epochs[1]["lr"] == pytest.approx(1e-3 * 0.98)
+    assert summary["peak_memory_mb"] == max(e["peak_memory_mb"] for e in epochs) > 0
     best = max(epochs, key=lambda e: e["val_pesq"])
     assert (summary["best_epoch"], summary["best_score"]) == (best["epoch"], best["val_pesq"])
 

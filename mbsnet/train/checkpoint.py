@@ -43,6 +43,7 @@ class RunState:
     epoch_skipped: int = 0
     epoch_disc_skipped: int = 0
     wall_seconds: float = 0.0
+    peak_memory_mb: float = 0.0
     resumed: int = 0
     log_bytes: int = 0
 

@@ -263,12 +263,14 @@ class _Run:
     def _end_epoch(self, use_metric_loss: bool) -> None:
         run, trainer = self.run, self.trainer
         val_loss, val_pesq = validate(trainer, self.valid_set)
+        peak = round(peak_memory_mb(trainer.device), 1)
+        run.peak_memory_mb = max(run.peak_memory_mb, peak)
         train_loss = (run.epoch_loss_sum / run.epoch_loss_count
                       if run.epoch_loss_count else None)
         line = {"kind": "epoch", "epoch": run.epoch + 1, "gen_loss": train_loss,
                 "val_loss": _finite_or_none(val_loss), "val_pesq": _finite_or_none(val_pesq),
                 "lr": trainer.lr, "seconds": round(time.monotonic() - self.epoch_start, 3),
-                "peak_memory_mb": round(peak_memory_mb(trainer.device), 1),
+                "peak_memory_mb": peak,
                 "skipped_steps": run.epoch_skipped, "disc_skipped": run.epoch_disc_skipped,
                 "metric_loss": use_metric_loss}
         self.log.write(line)
@@ -310,7 +312,7 @@ class _Run:
             "skipped_steps": run.skipped_steps, "disc_skipped_steps": run.disc_skipped_steps,
             "best_epoch": run.best_epoch, "best_key": self.settings["best_key"],
             "best_score": run.best_score, "device": describe(device),
-            "peak_memory_mb": round(peak_memory_mb(device), 1), "resumed": run.resumed,
+            "peak_memory_mb": run.peak_memory_mb, "resumed": run.resumed,
             "params": count_parameters(self.trainer.generator)["total"],
         }
         write_json(self.paths.summary, summary)
