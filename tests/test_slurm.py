@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,7 @@ def skip_reason() -> str | None:
 
 pytestmark = [
     pytest.mark.slurm,
+    pytest.mark.slow,
     pytest.mark.timeout(1800),
     pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or ""),
 ]
@@ -89,8 +91,10 @@ def snakemake_command(workdir: Path, config: Path, *args: str) -> list[str]:
             "--configfile", str(config), "--verbose", *args]
 
 
-def start_snakemake(workdir: Path, config: Path, *args: str) -> tuple[subprocess.Popen, Path]:
-    """Start Snakemake in the background; its output goes to a numbered file in workdir."""
+@contextmanager
+def snakemake_running(workdir: Path, config: Path, *args: str):
+    """Snakemake in the background as (process, output file); stopped if still running
+    when the block ends (SIGTERM; `timeout -k` follows up with SIGKILL)."""
     log = workdir / f"snakemake-{len(list(workdir.glob('snakemake-*.log')))}.log"
     # SLURM jobs get this environment (sbatch --export=ALL): the venv's bin must be first
     # so that `mbsnet` resolves inside the jobs.
@@ -99,7 +103,12 @@ def start_snakemake(workdir: Path, config: Path, *args: str) -> tuple[subprocess
     with open(log, "w") as out:
         proc = subprocess.Popen(snakemake_command(workdir, config, *args), cwd=workdir,
                                 env=env, stdout=out, stderr=subprocess.STDOUT)
-    return proc, log
+    try:
+        yield proc, log
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=120)
 
 
 def finish(proc: subprocess.Popen, log: Path) -> str:
@@ -171,8 +180,8 @@ def tiny_run(slurm_cluster, tmp_path_factory):
     """The tiny config run to the report on the cluster: (workdir, snakemake output)."""
     workdir = tmp_path_factory.mktemp("slurm_run")
     config = Path(shutil.copy(TINY, workdir / "tiny.yaml"))
-    proc, log = start_snakemake(workdir, config)
-    return workdir, finish(proc, log)
+    with snakemake_running(workdir, config) as (proc, log):
+        return workdir, finish(proc, log)
 
 
 def test_every_rule_runs_as_a_slurm_job(tiny_run):
@@ -239,26 +248,25 @@ def test_cancelled_training_is_resubmitted_and_resumes(tiny_run):
     config["training"].update(epochs=4, steps_per_epoch=6)
     config_path = workdir / "resume.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    for name in ("model.pt", "train_log.jsonl", "train_summary.json", "checkpoint"):
-        shutil.rmtree(run_dir / name) if (run_dir / name).is_dir() else \
-            (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "checkpoint")
+    for name in ("model.pt", "train_log.jsonl", "train_summary.json"):
+        (run_dir / name).unlink()
 
-    # Only the missing training reruns: the changed training settings alone trigger nothing.
-    proc, log = start_snakemake(workdir, config_path, "--rerun-triggers=mtime",
-                                str(run_dir.relative_to(workdir) / "train_summary.json"))
     checkpoint = run_dir / "checkpoint" / "last.pt"
-    cancelled = None
-    deadline = time.monotonic() + 600
-    while cancelled is None and proc.poll() is None and time.monotonic() < deadline:
-        if checkpoint.exists():
-            text = log.read_text()
-            name = re.search(r"SLURM run ID: (\S+)", text)
-            cancelled = name and running_train_job(name.group(1))
-            if cancelled:
-                subprocess.run(["scancel", cancelled], timeout=30)
-        time.sleep(0.2)
-    assert cancelled, "the training job ended before it could be cancelled after a checkpoint"
-    output = finish(proc, log)
+    target = str(run_dir.relative_to(workdir) / "train_summary.json")
+    # Only the missing training reruns: the changed training settings alone trigger nothing.
+    with snakemake_running(workdir, config_path, "--rerun-triggers=mtime", target) as (proc, log):
+        cancelled = None
+        deadline = time.monotonic() + 600
+        while cancelled is None and proc.poll() is None and time.monotonic() < deadline:
+            if checkpoint.exists():
+                name = re.search(r"SLURM run ID: (\S+)", log.read_text())
+                cancelled = name and running_train_job(name.group(1))
+                if cancelled:
+                    subprocess.run(["scancel", cancelled], timeout=30)
+            time.sleep(0.2)
+        assert cancelled, "the training job ended before it was cancelled after a checkpoint"
+        output = finish(proc, log)
 
     jobs = [j for j in wait_for_accounting(run_id(output), 2) if j.rule == "train"]
     assert [(j.job_id, j.state) for j in jobs][:1] == [(cancelled, "CANCELLED")]
