@@ -19,8 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
                         help="device to measure on (default: training.device of the ablation)")
     parser.add_argument("--warmup-steps", type=int, default=1,
-                        help="training steps before measuring (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=2,
+                        help="training steps on a batch of one before measuring "
+                             "(default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=1,
                         help="timed training steps; the median is reported (default: %(default)s)")
     parser.add_argument("--inference-runs", type=int, default=3,
                         help="timed inference runs for the real-time factor (default: %(default)s)")

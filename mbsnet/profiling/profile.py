@@ -10,8 +10,9 @@ real-time factor. :func:`check_budget` fails fast when the peak exceeds
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,7 @@ from ..models import count_parameters
 from .flops import METHOD as FLOPS_METHOD
 from .flops import count_inference_flops
 from .memory import measure_step_memory, training_state
-from .timing import inference_rtf, median_seconds, timed
+from .timing import inference_rtf, median_seconds
 
 NEAR_BUDGET = 0.8
 """Fraction of the budget above which the profile carries a warning."""
@@ -40,16 +41,25 @@ class MemoryBudgetError(MbsnetError):
 
 @dataclass(frozen=True)
 class ProfileOptions:
-    """How much to measure: steps before measuring, timed steps, inference runs."""
+    """How much to run: warm-up steps (on a batch of one), timed full-size steps, and
+    timed inference runs. One more full-size step is always run to measure memory."""
 
     warmup_steps: int = 1
-    steps: int = 2
+    steps: int = 1
     inference_runs: int = 3
 
     def __post_init__(self) -> None:
-        for name in ("warmup_steps", "steps", "inference_runs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name, least in (("warmup_steps", 0), ("steps", 1), ("inference_runs", 1)):
+            if getattr(self, name) < least:
+                raise ValueError(f"{name} must be at least {least}, got {getattr(self, name)}")
+
+
+@contextlib.contextmanager
+def _phase(phases: dict[str, float], name: str) -> Iterator[None]:
+    """Record the wall-clock seconds of one phase of the profile."""
+    start = time.perf_counter()
+    yield
+    phases[name] = time.perf_counter() - start
 
 
 def probe_batch(batch: int, seconds: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,44 +98,58 @@ def profile_ablation(config: Mapping[str, Any], name: str, device: torch.device,
                      options: ProfileOptions = ProfileOptions(),
                      make_trainer: Callable = _make_trainer,
                      log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Measure one ablation (see the module docstring); returns the profile.json dict."""
+    """Measure one ablation (see the module docstring); returns the profile.json dict.
+
+    Order: FLOPs (batch 1), warm-up steps on a batch of one (they start the PESQ workers
+    and create the optimizer state, so the measured steps see the steady state), one
+    full-size step under memory measurement (it also warms the full-size kernels), the
+    timed full-size steps, then the inference real-time factor.
+    """
     ablation = ablation_config(config, name)
     training = ablation["training"]
     batch, crop = training["batch_size"], training["crop_seconds"]
-    started = time.perf_counter()
-    warnings: list[str] = []
+    phases: dict[str, float] = {}
     torch.manual_seed(0)
-    trainer = make_trainer(ablation, config, device)
+    with _phase(phases, "build"):
+        trainer = make_trainer(ablation, config, device)
     try:
         generator = trainer.generator
         params = count_parameters(generator)
         claimed = ablation.get("claimed_params")
-        log(f"[{name}] {params['total']:,} parameters; counting inference FLOPs")
-        flops = count_inference_flops(generator, crop, device)
+        log(f"[{name}] {params['total']:,} parameters on {describe(device)}; counting FLOPs")
+        with _phase(phases, "flops"):
+            flops = count_inference_flops(generator, crop, device)
 
-        clean, noisy = (t.to(device) for t in probe_batch(batch, crop))
         outcomes: list[dict] = []
 
-        def step() -> None:
-            outcomes.append(trainer.train_step(clean, noisy, use_metric_loss=True))
+        def step_on(clean: torch.Tensor, noisy: torch.Tensor) -> Callable[[], None]:
+            return lambda: outcomes.append(trainer.train_step(clean, noisy, use_metric_loss=True))
 
-        for i in range(options.warmup_steps):
-            seconds = timed(step, device)
-            log(f"[{name}] warm-up step {i + 1}/{options.warmup_steps}: {seconds:.1f} s "
-                f"(batch {batch}, {crop:g} s crops)")
+        with _phase(phases, "warmup"):
+            warmup = step_on(*(t.to(device) for t in probe_batch(1, crop, seed=1)))
+            for _ in range(options.warmup_steps):
+                warmup()
+        clean, noisy = (t.to(device) for t in probe_batch(batch, crop))
+        step = step_on(clean, noisy)
+        log(f"[{name}] measuring the memory of one training step (batch {batch}, "
+            f"{crop:g} s crops)")
         live = training_state([generator, trainer.discriminator], _optimizers(trainer))
-        memory = measure_step_memory(step, device, live + [clean, noisy])
-        log(f"[{name}] peak training-step memory {memory.peak_mb:,.0f} MB")
-        step_seconds = median_seconds(step, device, options.steps)
+        with _phase(phases, "memory_step"):
+            memory = measure_step_memory(step, device, live + [clean, noisy])
+        log(f"[{name}] peak training-step memory {memory.peak_mb:,.0f} MB "
+            f"({phases['memory_step']:.1f} s)")
+        with _phase(phases, "timed_steps"):
+            step_seconds = median_seconds(step, device, options.steps)
         log(f"[{name}] median training step {step_seconds:.2f} s over {options.steps}")
-        rtf = inference_rtf(generator, crop, device, runs=options.inference_runs)
+        with _phase(phases, "inference"):
+            rtf = inference_rtf(generator, crop, device, runs=options.inference_runs)
         log(f"[{name}] inference real-time factor {rtf:.3f}")
     finally:
         close = getattr(trainer, "close", None)
         if close is not None:
             close()
 
-    warnings += _step_warnings(outcomes)
+    warnings = _step_warnings(outcomes)
     budget_gb = float(config["resources"]["gpu_memory_gb"])
     share = memory.peak_mb / (budget_gb * 1024)
     if NEAR_BUDGET < share <= 1:
@@ -155,7 +179,8 @@ def profile_ablation(config: Mapping[str, Any], name: str, device: torch.device,
         "threads": torch.get_num_threads(),
         "warmup_steps": options.warmup_steps,
         "timed_steps": options.steps,
-        "profile_seconds": time.perf_counter() - started,
+        "profile_seconds": sum(phases.values()),
+        "phase_seconds": phases,
         "warnings": warnings,
     }
 

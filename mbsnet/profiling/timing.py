@@ -37,12 +37,15 @@ def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int)
 def inference_rtf(model: nn.Module, seconds: float, device: torch.device,
                   runs: int = 3, warmup: int = 1) -> float:
     """Real-time factor of enhancing one ``seconds``-long utterance (STFT, model, iSTFT;
-    batch 1, eval mode, no autograd): median processing time / audio duration."""
+    batch 1, eval mode, no autograd): median processing time / audio duration.
+
+    ``torch.no_grad`` rather than ``inference_mode``, as in ``mbsnet enhance``: a scan that
+    works in helper threads may update its own buffers there."""
     samples = round(seconds * SAMPLE_RATE)
     wave = torch.randn(1, samples, device=device) * 0.1
 
     def enhance() -> torch.Tensor:
-        with torch.inference_mode():
+        with torch.no_grad():
             return istft(model(stft(wave)), length=samples)
 
     was_training = model.training
