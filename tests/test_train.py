@@ -208,6 +208,19 @@ def test_each_ablation_structure_trains(name):
     assert any(not torch.equal(a, b) for a, b in zip(before_d, params(trainer.discriminator)))
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step:UserWarning")
+def test_per_ablation_training_overrides_apply():
+    config = tiny_config(lr=1e-3, decay_epoch=2)
+    config["ablations"]["abl1"]["training"] = {"lr": 5e-4, "loss": {"metric_weight": 0.25}}
+    trainer = Trainer(ablation_config(config, "abl1"), config, torch.device("cpu"))
+    assert trainer.lr == 5e-4 and trainer.disc_optimizer.param_groups[0]["lr"] == 1e-3
+    assert trainer.loss_cfg == {**LOSS, "metric_weight": 0.25}
+    trainer.end_epoch()
+    assert trainer.lr == 5e-4  # StepLR every decay_epoch = 2 epochs
+    trainer.end_epoch()
+    assert trainer.lr == pytest.approx(5e-4 * 0.98)
+
+
 def test_loss_goes_down_on_a_fixed_batch():
     trainer = make_trainer("bsrnn", lr=3e-3)
     clean, noisy = fixed_batch()
