@@ -122,6 +122,8 @@ def test_pesq_wb_variants():
     value, reason = pesq_wb_checked(np.zeros(32000), ref)
     assert math.isnan(value) and reason == "No utterances detected"  # bytes decoded
     assert math.isnan(pesq_wb(ref[:1000], ref[:1000]))
+    value, reason = pesq_wb_checked(ref, np.zeros(32000))  # crashed the package's C code
+    assert math.isnan(value) and reason.startswith("No utterances detected")
 
 
 def test_stoi_too_short_is_an_error_not_a_silent_fallback():

@@ -28,13 +28,15 @@ def pesq_wb_strict(clean: np.ndarray, degraded: np.ndarray) -> float:
     """Wide-band PESQ (MOS-LQO) of 16 kHz signals; raises MetricFailure on a PESQ error."""
     clean = np.asarray(clean, dtype=np.float64)
     degraded = np.asarray(degraded, dtype=np.float64)
-    if not (np.any(clean) or np.any(degraded)):
+    if not np.any(degraded):
         # the package would divide by a zero peak and feed NaNs to the C code
-        raise MetricFailure("No utterances detected (both signals are digitally silent)")
+        raise MetricFailure("No utterances detected (the degraded signal is digitally silent)")
     try:
         return float(_pesq.pesq(PESQ_RATE, clean, degraded, "wb"))
     except _pesq.PesqError as exc:
         raise MetricFailure(_reason(exc)) from exc
+    except ValueError as exc:  # NaN reaching the C code (e.g. non-finite input)
+        raise MetricFailure(f"PESQ failed: {exc}") from exc
 
 
 def pesq_wb_checked(clean: np.ndarray, degraded: np.ndarray) -> tuple[float, str]:
