@@ -242,3 +242,19 @@ def test_probe_batch_is_speech_at_5_db_snr():
     snr = 10 * torch.log10((clean**2).sum(1) / ((noisy - clean) ** 2).sum(1))
     assert torch.allclose(snr, torch.full((2,), 5.0), atol=0.5)
     assert 1.0 <= pesq_wb(clean[0].numpy(), noisy[0].numpy()) < 4.6
+
+
+def test_cuda_step_memory_resets_the_peak_before_the_step_and_reads_it_after(monkeypatch):
+    calls = []
+    fake = {"synchronize": lambda device=None: calls.append("sync"),
+            "reset_peak_memory_stats": lambda device=None: calls.append("reset"),
+            "memory_allocated": lambda device=None: 3 * 2**20,
+            "max_memory_allocated": lambda device=None: calls.append("peak") or 96 * 2**20,
+            "max_memory_reserved": lambda device=None: 128 * 2**20}
+    for name, fn in fake.items():
+        monkeypatch.setattr(torch.cuda, name, fn)
+    reading = measure_step_memory(lambda: calls.append("step"), torch.device("cuda", 0))
+    assert calls == ["sync", "reset", "step", "sync", "peak"]
+    assert reading.peak_mb == 96
+    assert reading.details == {"allocated_before_step_mb": 3, "reserved_peak_mb": 128}
+    assert "max_memory_allocated" in reading.method

@@ -125,8 +125,13 @@ def count_inference_flops(model: nn.Module, seconds: float = 1.0,
         x = args[0]
         if isinstance(x, nn.utils.rnn.PackedSequence):
             raise NotImplementedError("FLOP count of packed LSTM input")
-        batch, steps = (x.shape[0], x.shape[1]) if lstm.batch_first else (x.shape[1], x.shape[0])
-        lstm_calls.append((lstm, batch if x.dim() == 3 else 1, steps))
+        if x.dim() == 2:                                    # unbatched [T, I]
+            batch, steps = 1, x.shape[0]
+        elif lstm.batch_first:
+            batch, steps = x.shape[0], x.shape[1]
+        else:
+            batch, steps = x.shape[1], x.shape[0]
+        lstm_calls.append((lstm, batch, steps))
 
     hooks = [m.register_forward_hook(on_mamba) for m in model.modules()
              if isinstance(m, MambaBlock)]

@@ -1,0 +1,196 @@
+"""Benchmark every configured ablation side by side with `mbsnet profile`.
+
+    python benchmarks/ablations.py [--config config.yaml] [--json FILE] [--quick]
+
+Each ablation is profiled in a fresh subprocess (`python -m mbsnet profile ...
+--no-budget-check`, so an ablation over the memory budget is still measured) on the
+training device at the configured batch size and crop length. Prints a table of
+parameters, MACs per second of audio, peak training-step memory, median training-step
+time and inference real-time factor, beside the original implementations' figures, and
+checks the targets of issue 7:
+
+- every Mamba ablation's training step at most 1.5x BSRNN's, measured in the same run;
+- every ablation's peak training memory below the original implementation's figure
+  (only comparable at batch 6 and 2 s crops, the setting the originals were measured at).
+
+--quick profiles at batch 1 and 0.5 s crops with a single step of each kind: a smoke
+test of the machinery, not figures to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mbsnet.config import ablation_config, load_config  # noqa: E402
+
+BASELINE = "bsrnn"
+STEP_RATIO_TARGET = 1.5
+# The original implementations, once, on this 2-core CPU (loaded) at batch 6 and 2 s crops:
+# training-step seconds (generator forward/backward) and peak training memory in GB.
+ORIGINAL = {
+    "bsrnn": (8.7, 3.8),
+    "abl1": (112.0, 4.5),
+    "abl2": (309.0, 8.0),
+    "abl3": (266.0, 6.6),
+    "optimized": (116.0, 14.2),
+}
+ORIGINAL_SETTING = (6, 2.0)   # (batch_size, crop_seconds)
+
+
+def quick_config(config_path: Path, workdir: Path) -> Path:
+    """A copy of the config at batch 1 and 0.5 s crops (for --quick)."""
+    raw = yaml.safe_load(config_path.read_text())
+    raw.setdefault("training", {}).update(batch_size=1, crop_seconds=0.5)
+    for entry in raw.get("ablations", {}).values():
+        for key in ("batch_size", "crop_seconds"):
+            entry.get("training", {}).pop(key, None)
+    path = workdir / "quick.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def profile_one(config: Path, name: str, out: Path, args: argparse.Namespace) -> dict:
+    """Run `mbsnet profile` for one ablation in a fresh process; its profile.json, or an
+    ``error`` entry when it failed."""
+    command = [sys.executable, "-m", "mbsnet", "profile", "--config", str(config),
+               "--ablation", name, "--out", str(out), "--no-budget-check",
+               "--warmup-steps", str(args.warmup_steps), "--steps", str(args.steps),
+               "--inference-runs", str(args.inference_runs)]
+    for flag in ("threads", "device"):
+        if getattr(args, flag) is not None:
+            command += [f"--{flag}", str(getattr(args, flag))]
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, stdout=sys.stderr, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - start
+    if done.returncode != 0 or not out.exists():
+        return {"ablation": name, "error": f"mbsnet profile exited with {done.returncode}",
+                "wall_seconds": wall}
+    return {**json.loads(out.read_text()), "wall_seconds": wall}
+
+
+def with_targets(rows: list[dict], comparable: bool) -> None:
+    """Add the original figures and the target verdicts to each row (in place)."""
+    base = next((r for r in rows if r["ablation"] == BASELINE and "error" not in r), None)
+    for row in rows:
+        original = ORIGINAL.get(row["ablation"])
+        row["original_step_seconds"], row["original_peak_gb"] = original or (None, None)
+        if "error" in row:
+            continue
+        is_mamba = row["flops_per_second_by_source"]["scan"] > 0
+        if base is not None and row is not base:
+            row["step_vs_baseline"] = row["train_step_seconds"] / base["train_step_seconds"]
+            if is_mamba:
+                row["step_target_met"] = row["step_vs_baseline"] <= STEP_RATIO_TARGET
+        if original and comparable:
+            row["memory_target_met"] = row["peak_train_memory_mb"] / 1024 < original[1]
+
+
+def _memory(mb: float) -> str:
+    return f"{mb / 1024:.2f} GB" if mb >= 1024 else f"{mb:,.0f} MB"
+
+
+def _cell(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _verdict(row: dict, key: str) -> str:
+    return {True: "ok", False: "MISSED"}.get(row.get(key), "-")
+
+
+def table(rows: list[dict]) -> str:
+    header = ("ablation", "params", "claimed", "GMAC/s", "peak mem", "step s", "x bsrnn",
+              "RTF", "orig step s", "orig peak", "step<=1.5x", "peak<orig", "profile s")
+    lines = [header]
+    for r in rows:
+        if "error" in r:
+            lines.append((r["ablation"], r["error"], *[""] * (len(header) - 2)))
+            continue
+        params = r["params"]
+        lines.append((
+            r["ablation"], f"{params['total'] / 1e6:.2f} M",
+            f"{params['claimed'] / 1e6:.2f} M" if params["claimed"] else "-",
+            f"{r['macs_per_second'] / 1e9:.2f}",
+            _memory(r["peak_train_memory_mb"]),
+            f"{r['train_step_seconds']:.2f}", _cell(r.get("step_vs_baseline"), ".2f"),
+            f"{r['inference_rtf']:.3f}", _cell(r["original_step_seconds"], ".1f"),
+            _cell(r["original_peak_gb"], ".1f") + (" GB" if r["original_peak_gb"] else ""),
+            _verdict(r, "step_target_met"), _verdict(r, "memory_target_met"),
+            f"{r['wall_seconds']:.0f}"))
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    out = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=ROOT / "config.yaml")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--quick", action="store_true",
+                        help="batch 1, 0.5 s crops, one step of each kind (smoke test)")
+    parser.add_argument("--ablations", nargs="+", help="only these (default: all configured)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: resources.threads)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--warmup-steps", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps (median reported)")
+    parser.add_argument("--inference-runs", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="mbsnet-ablations-") as tmp:
+        workdir = Path(tmp)
+        config_path = args.config.resolve()
+        if args.quick:
+            config_path = quick_config(config_path, workdir)
+            args.warmup_steps, args.steps, args.inference_runs = 0, 1, 1
+        config = load_config(config_path)
+        names = args.ablations or list(config["ablations"])
+        settings = {(ablation_config(config, n)["training"]["batch_size"],
+                     ablation_config(config, n)["training"]["crop_seconds"]) for n in names}
+        comparable = settings == {ORIGINAL_SETTING}
+        before = machine()
+        rows = []
+        for i, name in enumerate(names, 1):
+            print(f"== {name} ({i}/{len(names)})", file=sys.stderr, flush=True)
+            rows.append(profile_one(config_path, name, workdir / f"{name}.json", args))
+    with_targets(rows, comparable)
+
+    print(table(rows))
+    batch, crop = sorted(settings)[0] if len(settings) == 1 else ("mixed", "mixed")
+    print(f"\nbatch {batch}, crops {crop} s; step = one full training step (generator + "
+          f"discriminator + PESQ targets), median of {args.steps}. Original figures: the old "
+          f"implementations at batch 6, 2 s crops (step: generator forward/backward).")
+    if not comparable:
+        print("Not at batch 6 / 2 s crops: the memory target is not checked.")
+    print(f"Load average before: {before['load_average']}, after: {machine()['load_average']}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        report = {"machine": before, "load_average_after": machine()["load_average"],
+                  "config": str(args.config), "quick": args.quick, "batch_size": batch,
+                  "crop_seconds": crop, "comparable_to_original": comparable,
+                  "step_ratio_target": STEP_RATIO_TARGET, "rows": rows}
+        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
