@@ -3,9 +3,9 @@
     python benchmarks/scan.py [--json FILE] [--quick]
 
 Times forward and forward+backward (median of several runs after a warm-up) and measures the
-peak extra resident memory of each, for every implementation, shape and thread count, each
-in a fresh subprocess (--quick: one per implementation and thread count). Prints a table; --json writes rows
-{implementation, shape, threads, mode: "fwd"|"fwd_bwd", median_ms, peak_mb}.
+peak extra resident memory of each, for every implementation, shape, thread count and mode,
+each in a fresh subprocess (--quick: one per implementation and thread count). Prints a
+table; --json writes rows {implementation, shape, threads, mode: "fwd"|"fwd_bwd", median_ms, peak_mb}.
 "fwd" is the training forward (inputs require grad, so whatever backward needs is kept).
 """
 
@@ -112,9 +112,9 @@ def make_inputs(shape: tuple[int, int, int, int]) -> list:
     return [t.requires_grad_() for t in (x, delta, A, B, C, D)]
 
 
-def measure(impl: str, shape: tuple[int, int, int, int], threads: int,
-            warmup: int, runs: int) -> list[dict]:
-    """Time both modes of one implementation; peak memory is measured above the inputs."""
+def measure(impl: str, shape: tuple[int, int, int, int], threads: int, warmup: int, runs: int,
+            modes: list[str]) -> list[dict]:
+    """Time these modes of one implementation; peak memory is measured above the inputs."""
     import torch
 
     torch.set_num_threads(threads)
@@ -130,7 +130,7 @@ def measure(impl: str, shape: tuple[int, int, int, int], threads: int,
     run("fwd_bwd", make_inputs((2, 3, 4, 2)))  # one-time initialisation, outside the measurement
     inputs = make_inputs(shape)
     rows = []
-    for mode in MODES:
+    for mode in modes:
         base = _reset_peak()
         times = []
         for i in range(warmup + runs):
@@ -168,15 +168,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny shapes, few repeats (smoke test)")
     parser.add_argument("--only", nargs="+", choices=sorted(IMPLEMENTATIONS),
                         help="run only these implementations")
-    parser.add_argument("--worker", nargs=4, metavar=("IMPL", "SHAPE", "THREADS", "REPEATS"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS,
+                        metavar=("IMPL", "SHAPES", "THREADS", "REPEATS", "MODES"))
     args = parser.parse_args(argv)
 
     if args.worker:
-        impl, shapes, threads, repeats = args.worker
+        impl, shapes, threads, repeats, modes = args.worker
         warmup, runs = map(int, repeats.split(","))
         rows = [row for shape in shapes.split(",")
-                for row in measure(impl, tuple(map(int, shape.split("x"))), int(threads), warmup, runs)]
+                for row in measure(impl, tuple(map(int, shape.split("x"))), int(threads),
+                                   warmup, runs, modes.split(","))]
         print(json.dumps(rows))
         return 0
 
@@ -185,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         print("mambapy not installed (pip install mbsnet[bench]): skipping it", file=sys.stderr)
         impls.remove("mambapy")
     shapes = ["x".join(map(str, s)) for s in (QUICK_SHAPES if args.quick else SHAPES).values()]
-    if args.quick:  # one process for both tiny shapes: a smoke test, not a memory measurement
-        shapes = [",".join(shapes)]
+    modes = list(MODES)
+    if args.quick:  # one process for all tiny cases: a smoke test, not a memory measurement
+        shapes, modes = [",".join(shapes)], [",".join(modes)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
     rows = []
@@ -194,14 +196,15 @@ def main(argv: list[str] | None = None) -> int:
         for threads in THREADS:
             for impl in impls:
                 warmup, runs = QUICK_REPEATS if args.quick else REPEATS[impl]
-                cmd = [sys.executable, __file__, "--worker", impl, shape, str(threads),
-                       f"{warmup},{runs}"]
-                print(f"{impl} {shape} threads={threads} ...", flush=True)
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-                if proc.returncode != 0:
-                    sys.stderr.write(proc.stderr)
-                    return proc.returncode
-                rows.extend(json.loads(proc.stdout.splitlines()[-1]))
+                for mode in modes:
+                    cmd = [sys.executable, __file__, "--worker", impl, shape, str(threads),
+                           f"{warmup},{runs}", mode]
+                    print(f"{impl} {shape} threads={threads} {mode} ...", flush=True)
+                    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                    if proc.returncode != 0:
+                        sys.stderr.write(proc.stderr)
+                        return proc.returncode
+                    rows.extend(json.loads(proc.stdout.splitlines()[-1]))
     print(table(rows))
     if args.json:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import math
 
 import torch
 
@@ -92,15 +93,22 @@ def _over_channels(v: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
 
 
 class _Chunk:
-    """Work buffers for one [steps, sub_batch, dim, d_state] chunk, reused across chunks."""
+    """Work buffers for [steps, sub_batch, dim, d_state] chunks, allocated once per thread and
+    viewed anew for each sub-batch (the last one may be smaller)."""
 
-    def __init__(self, steps: int, batch: int, A: torch.Tensor, with_adjoint: bool):
-        shape = (steps, batch, *A.shape)
-        self.A = A
-        self.decay = A.new_empty(shape)
-        self.drive = A.new_empty(shape)
-        self.h = A.new_empty(shape)
-        self.adj = A.new_empty(shape) if with_adjoint else None
+    def __init__(self, steps: int, max_batch: int, A: torch.Tensor, with_adjoint: bool):
+        self.steps, self.A = steps, A
+        self._flat = [A.new_empty(steps * max_batch * A.numel()) for _ in range(3 + with_adjoint)]
+        self.adj = None
+
+    def use(self, batch: int) -> _Chunk:
+        """Point decay, drive, h (and adj) at [steps, batch, dim, d_state] views."""
+        shape = (self.steps, batch, *self.A.shape)
+        views = [flat[:math.prod(shape)].view(shape) for flat in self._flat]
+        self.decay, self.drive, self.h = views[:3]
+        if len(views) > 3:
+            self.adj = views[3]
+        return self
 
     def states(self, h0: torch.Tensor, delta: torch.Tensor, x: torch.Tensor,
                B: torch.Tensor) -> int:
@@ -144,29 +152,34 @@ def _dispatch_mode_active() -> bool:
     return _get_current_dispatch_mode() is not None
 
 
-def _in_parallel(work, parts: list[slice], device: torch.device) -> list:
-    """Run work(part) for every sub-batch; on a multi-threaded CPU, split the parts over
-    torch.get_num_threads() Python threads whose ATen ops run single-threaded.
+def _in_parallel(work, parts: list[slice], new_buffer, device: torch.device) -> list:
+    """Run work(part, buffer) for every sub-batch, one buffer = new_buffer() per thread; on a
+    multi-threaded CPU, split the parts over torch.get_num_threads() Python threads whose
+    ATen ops run single-threaded.
 
     The scan is thousands of small ops; letting each of them fork and join the intra-op thread
     pool costs a barrier per op, which on a busy machine stalls for a time slice each time.
     One coarse split over sub-batches needs no barrier until the end.
     """
+    if not parts:
+        return []
     threads = min(torch.get_num_threads(), len(parts))
     if device.type != "cpu" or threads <= 1 or _dispatch_mode_active():
-        return [work(part) for part in parts]
+        buffer = new_buffer()
+        return [work(part, buffer) for part in parts]
 
-    def worker(group: list[slice]) -> list:
+    def worker(group: list[slice], buffer: _Chunk) -> list:
         torch.set_num_threads(1)  # this thread's own setting
         with torch.no_grad():  # grad mode is per thread; the Function's own ops need none
-            return [work(part) for part in group]
+            return [work(part, buffer) for part in group]
 
     groups = [parts[i::threads] for i in range(threads)]
+    buffers = [new_buffer() for _ in groups]  # allocated here, not in per-thread arenas
     saved = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-            return [r for rs in pool.map(worker, groups) for r in rs]
+            return [r for rs in pool.map(worker, groups, buffers) for r in rs]
     finally:
         torch.set_num_threads(saved)
 
@@ -188,8 +201,8 @@ class ChunkedScan(torch.autograd.Function):
         chunks = [slice(t0, t0 + CHUNK) for t0 in range(0, length, CHUNK)]
         boundary = x.new_empty(len(chunks), batch, dim, n)  # the state entering each chunk
 
-        def part(sb: slice) -> None:
-            buf = _Chunk(min(CHUNK, length), sb.stop - sb.start, A, with_adjoint=False)
+        def part(sb: slice, buf: _Chunk) -> None:
+            buf.use(sb.stop - sb.start)
             h0 = x.new_zeros(sb.stop - sb.start, dim, n)
             for c, tc in enumerate(chunks):
                 boundary[c, sb] = h0
@@ -197,8 +210,10 @@ class ChunkedScan(torch.autograd.Function):
                 yt[tc, sb] = _over_states(buf.h[:T], Ct[tc, sb])
                 h0 = buf.h[T - 1]
 
+        parts = _sub_batches(batch, min(CHUNK, length), dim * n)
         with torch.no_grad():
-            _in_parallel(part, _sub_batches(batch, min(CHUNK, length), dim * n), x.device)
+            _in_parallel(part, parts, lambda: _Chunk(min(CHUNK, length), parts[0].stop, A, False),
+                         x.device)
             y.addcmul_(x, D)
         ctx.save_for_backward(x, delta, A, B, C, D, boundary)
         return y
@@ -215,10 +230,10 @@ class ChunkedScan(torch.autograd.Function):
         ones = A.new_ones(n)
         chunks = [slice(t0, t0 + CHUNK) for t0 in range(0, length, CHUNK)]
 
-        def part(sb: slice) -> torch.Tensor:
+        def part(sb: slice, buf: _Chunk) -> torch.Tensor:
             """Fill the gradients of one sub-batch; return its share of dA."""
             nb = sb.stop - sb.start
-            buf = _Chunk(min(CHUNK, length), nb, A, with_adjoint=True)
+            buf.use(nb)
             gA = torch.zeros_like(A)
             carry = None
             for c in reversed(range(len(chunks))):
@@ -245,7 +260,10 @@ class ChunkedScan(torch.autograd.Function):
                                 w.view(k, dim, n).transpose(0, 1)).squeeze(1)
             return gA
 
-        gA = sum(_in_parallel(part, _sub_batches(batch, min(CHUNK, length), dim * n), x.device))
+        parts = _sub_batches(batch, min(CHUNK, length), dim * n)
+        shares = _in_parallel(part, parts, lambda: _Chunk(min(CHUNK, length), parts[0].stop, A, True),
+                              x.device)
+        gA = sum(shares, torch.zeros_like(A))
         gx.addcmul_(gt, D)
         gD = (gy * x).sum((0, 1))
         return grads[0], grads[1], gA, grads[2], grads[3], gD
