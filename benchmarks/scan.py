@@ -114,7 +114,8 @@ def make_inputs(shape: tuple[int, int, int, int]) -> list:
 
 def measure(impl: str, shape: tuple[int, int, int, int], threads: int, warmup: int, runs: int,
             modes: list[str]) -> list[dict]:
-    """Time these modes of one implementation; peak memory is measured above the inputs."""
+    """Time these modes of one implementation; peak memory is that of the first full-size
+    run, above the inputs."""
     import torch
 
     torch.set_num_threads(threads)
@@ -138,7 +139,8 @@ def measure(impl: str, shape: tuple[int, int, int, int], threads: int, warmup: i
             run(mode, inputs)
             if i >= warmup:
                 times.append(time.perf_counter() - start)
-        peak = max(0.0, _rss_mb("VmHWM") - base)
+            if i == 0:  # later runs would also count what the allocator kept from earlier ones
+                peak = max(0.0, _rss_mb("VmHWM") - base)
         rows.append({"implementation": impl, "shape": "x".join(map(str, shape)),
                      "threads": threads, "mode": mode,
                      "median_ms": round(1000 * statistics.median(times), 2),

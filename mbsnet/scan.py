@@ -153,9 +153,9 @@ def _dispatch_mode_active() -> bool:
 
 
 def _in_parallel(work, parts: list[slice], new_buffer, device: torch.device) -> list:
-    """Run work(part, buffer) for every sub-batch, one buffer = new_buffer() per thread; on a
-    multi-threaded CPU, split the parts over torch.get_num_threads() Python threads whose
-    ATen ops run single-threaded.
+    """Run work(part, buffer) for every sub-batch, one buffer = new_buffer() per thread; on
+    the CPU, split the parts over torch.get_num_threads() Python threads whose ATen ops run
+    single-threaded.
 
     The scan is thousands of small ops; letting each of them fork and join the intra-op thread
     pool costs a barrier per op, which on a busy machine stalls for a time slice each time.
@@ -163,8 +163,7 @@ def _in_parallel(work, parts: list[slice], new_buffer, device: torch.device) -> 
     """
     if not parts:
         return []
-    threads = min(torch.get_num_threads(), len(parts))
-    if device.type != "cpu" or threads <= 1 or _dispatch_mode_active():
+    if device.type != "cpu" or _dispatch_mode_active():
         buffer = new_buffer()
         return [work(part, buffer) for part in parts]
 
@@ -173,11 +172,14 @@ def _in_parallel(work, parts: list[slice], new_buffer, device: torch.device) -> 
         with torch.no_grad():  # grad mode is per thread; the Function's own ops need none
             return [work(part, buffer) for part in group]
 
+    threads = min(torch.get_num_threads(), len(parts))
     groups = [parts[i::threads] for i in range(threads)]
     buffers = [new_buffer() for _ in groups]  # allocated here, not in per-thread arenas
     saved = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
+        if threads == 1:
+            return worker(parts, buffers[0])
+        torch.set_num_threads(1)
         with concurrent.futures.ThreadPoolExecutor(threads) as pool:
             return [r for rs in pool.map(worker, groups, buffers) for r in rs]
     finally:
