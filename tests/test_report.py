@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from mbsnet.cli import main
 from mbsnet.config import config_hash, load_config
@@ -479,3 +480,15 @@ def test_chromium_check_catches_errors_and_network(tmp_path, chromium):
     assert any("kaboom" in p for p in problems)
     assert any(p.startswith("console.error") for p in problems)
     assert any("127.0.0.1:9" in p for p in problems)
+
+
+def test_ablation_without_a_claim_has_empty_claim_cells(tmp_path):
+    config_path, results = make_results_tree(tmp_path, ablations=("bsrnn", "abl1"))
+    config = yaml.safe_load(config_path.read_text())
+    config["ablations"]["abl1"]["claimed_params"] = None
+    config_path.write_text(yaml.safe_dump(config))
+    res = collect.load_results(results, load_config(config_path))
+    rows = {row.system: row for row in collect.headline(res)}
+    assert rows["abl1"].costs["claimed_params"] is None
+    assert rows["abl1"].costs["params_ratio"] is None
+    assert rows["bsrnn"].costs["params_ratio"] == pytest.approx(2_410_000 / 2_400_000)

@@ -327,16 +327,13 @@ def _costs(system: System) -> dict[str, float | Missing | None]:
     if isinstance(costs["params"], Missing) and summaries:   # train_summary.json records it too
         from_training = _field(summaries[0], "train_summary.json", "params")
         costs["params"] = from_training if isinstance(from_training, float) else costs["params"]
-    claimed = _number(system.claimed_params, "no claimed_params in config")
-    if isinstance(claimed, Missing) and isinstance(profile, dict):
-        claimed = _field(profile, "profile.json", "params", "claimed")
+    # No claim in the config is not a missing result: the cells stay empty ("—").
+    claimed = None if system.claimed_params is None else float(system.claimed_params)
     costs["claimed_params"] = claimed
     if isinstance(costs["params"], Missing):
         costs["params_ratio"] = costs["params"]
-    elif isinstance(claimed, Missing):
-        costs["params_ratio"] = claimed
     else:
-        costs["params_ratio"] = costs["params"] / claimed
+        costs["params_ratio"] = None if claimed is None else costs["params"] / claimed
     walls = [w for w in (_field(s, "train_summary.json", "wall_seconds") for s in summaries)
              if isinstance(w, float)]
     if walls:
