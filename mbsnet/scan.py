@@ -28,7 +28,7 @@ import torch
 CHUNK = 16
 """Time steps per chunk: backward keeps one hidden state per chunk and recomputes inside it."""
 
-WORKSET = 1 << 17
+WORKSET = 1 << 19
 """Target elements of one [chunk, sub_batch, dim, d_state] work buffer (sized to stay in cache)."""
 
 
