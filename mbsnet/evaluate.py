@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
 from torch import nn
 
 from .atomic import atomic_dir, atomic_path, write_json
@@ -20,6 +19,7 @@ from .data.manifest import read_manifest
 from .enhance import enhance_waveform, write_wav_16k
 from .errors import DataError
 from .metrics import METRICS, iter_scores, read_wav
+from .stats import t_half_width
 
 NOISY = "noisy"
 COLUMNS = ("utt_id", "system", "snr", "noise", *METRICS, "error")
@@ -72,9 +72,8 @@ def describe(values: pd.Series) -> dict[str, float | int | None]:
     out: dict[str, float | int | None] = {"mean": float(v.mean()) if n else None,
                                            "std": None, "ci95": None, "n": n}
     if n > 1:
-        std = float(v.std(ddof=1))
-        out["std"] = std
-        out["ci95"] = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
+        out["std"] = float(v.std(ddof=1))
+        out["ci95"] = t_half_width(v)
     return out
 
 

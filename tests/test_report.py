@@ -23,7 +23,8 @@ import yaml
 
 from mbsnet.cli import main
 from mbsnet.config import config_hash, load_config
-from mbsnet.report import collect, render, stats
+from mbsnet import stats
+from mbsnet.report import collect, render
 from .report_fixture import make_results_tree
 
 CHROMIUM = "/usr/bin/chromium"

@@ -20,7 +20,7 @@ import pandas as pd
 from ..data.manifest import SAMPLE_RATE, read_manifest
 from ..errors import DataError
 from ..metrics import METRICS as METRIC_KEYS
-from . import stats
+from .. import stats
 
 NOISY = "noisy"
 _LABELS = {"pesq_wb": "PESQ-WB", "csig": "CSIG", "cbak": "CBAK", "covl": "COVL",

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from ..atomic import write_text
-from . import collect, figures, stats
+from .. import stats
+from . import collect, figures
 from .collect import COSTS, METRICS, HeadlineRow, Missing
 from .provenance import provenance
 

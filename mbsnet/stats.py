@@ -1,5 +1,5 @@
-"""The statistics of the report: t confidence intervals, seed aggregation, the paired
-Wilcoxon signed-rank test and Holm's correction for multiple comparisons."""
+"""Statistics shared by evaluation and the report: t confidence intervals, seed
+aggregation, the paired Wilcoxon signed-rank test and Holm's correction."""
 
 from __future__ import annotations
 
