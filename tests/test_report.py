@@ -160,6 +160,7 @@ def test_report_from_fixture_tree(report):
     assert "No utterances detected" in html and "test_004" in html
     assert "epoch 2 step 8 from checkpoint/last.pt" in html
     assert "peak training memory 14,000 MB at batch 6 exceeds the 12 GB budget" in html
+    assert "peak 10.1 GB is 84 % of the 12 GB budget" in html   # profile.json warnings
     # provenance, audio and self-containedness
     assert config_hash(load_config(report.parents[1] / "config.yaml")) in html
     assert "<details><summary>Resolved config</summary>" in html

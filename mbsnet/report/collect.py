@@ -501,7 +501,7 @@ class Health:
     skipped: list[dict]                         # system, seed, skipped, disc_skipped, reasons
     failed_metrics: list[dict]                  # system, seed, utt_id, metrics, error
     resumed: list[dict]                         # system, seed, times, detail
-    memory: list[dict]                          # system, peak_mb, batch_size, budget_gb
+    memory: list[dict]                          # system, text
     coverage: list[str]                         # runs scoring fewer utterances than the test set
 
 
@@ -515,15 +515,27 @@ def health(results: Results) -> Health:
     for system in results.systems.values():
         if isinstance(system.profile, Missing):
             out.missing.append((f"{system.name} profile", system.profile.full))
-        elif isinstance(system.profile, dict) and system.profile.get("within_budget") is False:
-            p = system.profile
-            out.memory.append({"system": system.name, "peak_mb": p.get("peak_train_memory_mb"),
-                               "batch_size": p.get("batch_size"), "budget_gb": p.get("budget_gb"),
-                               "device": p.get("device")})
+        elif isinstance(system.profile, dict):
+            out.memory.extend({"system": system.name, "text": text}
+                              for text in _profile_warnings(system.profile))
         for run in system.runs:
             label = system.name if run.seed is None else f"{system.name} seed {run.seed}"
             _run_health(out, run, label, test_ids)
     return out
+
+
+def _profile_warnings(profile: dict) -> list[str]:
+    """What the pre-flight profile warned about: over the budget, near it, skipped steps."""
+    texts = []
+    if profile.get("within_budget") is False:
+        peak = profile.get("peak_train_memory_mb")
+        peak_text = f"{peak:,.0f} MB" if isinstance(peak, (int, float)) else "unknown"
+        texts.append(f"peak training memory {peak_text} at batch {profile.get('batch_size')} "
+                     f"exceeds the {profile.get('budget_gb')} GB budget ({profile.get('device')})")
+    warnings = profile.get("warnings")
+    if isinstance(warnings, list):
+        texts.extend(str(w) for w in warnings)
+    return texts
 
 
 def _run_health(out: Health, run: Run, label: str, test_ids: set[str] | None) -> None:
