@@ -129,7 +129,9 @@ def test_resampling_is_the_exact_polyphase_320_441():
 # -- synthetic corpus ------------------------------------------------------------------
 
 def test_synthetic_plan_has_distinct_speakers_and_conditions():
-    plan = synthetic.plan_corpus(make_config()["data"]["synthetic"], 1)  # the default size
+    settings = {**make_config()["data"]["synthetic"], "train_utterances": 192,
+                "test_utterances": 24, "train_speakers": 8, "test_speakers": 2}
+    plan = synthetic.plan_corpus(settings, 1)
     by_split = {s: [u for u in plan.utterances if u.split == s] for s in ("train", "valid", "test")}
     assert [len(by_split[s]) for s in by_split] == [168, 24, 24]
     speakers = {s: {u.speaker for u in us} for s, us in by_split.items()}
