@@ -413,16 +413,21 @@ def test_changed_settings_start_from_scratch(manifest, tmp_path, capsys):
     assert not any(line["kind"] == "resume" for line in read_log(tmp_path / "train_log.jsonl"))
 
 
-def test_nonfinite_step_is_skipped_and_logged(manifest, tmp_path, monkeypatch):
+def poison_reconstruction_loss(monkeypatch, is_bad) -> None:
+    """Make the generator's reconstruction loss NaN on the calls n (from 1) where is_bad(n)."""
     calls = {"n": 0}
     real = trainer_module.reconstruction_loss
 
-    def nan_on_second_call(*args, **kwargs):
+    def poisoned(*args, **kwargs):
         calls["n"] += 1
         loss = real(*args, **kwargs)
-        return loss * float("nan") if calls["n"] == 2 else loss
+        return loss * float("nan") if is_bad(calls["n"]) else loss
 
-    monkeypatch.setattr(trainer_module, "reconstruction_loss", nan_on_second_call)
+    monkeypatch.setattr(trainer_module, "reconstruction_loss", poisoned)
+
+
+def test_nonfinite_step_is_skipped_and_logged(manifest, tmp_path, monkeypatch):
+    poison_reconstruction_loss(monkeypatch, lambda n: n == 2)
     summary = run_training(tiny_config(epochs=1, steps_per_epoch=3), manifest, tmp_path)
     steps = [line for line in read_log(tmp_path / "train_log.jsonl") if line["kind"] == "step"]
     assert [s["skipped"] for s in steps] == [False, True, False]
@@ -432,15 +437,7 @@ def test_nonfinite_step_is_skipped_and_logged(manifest, tmp_path, monkeypatch):
 
 
 def test_consecutive_nonfinite_steps_stop_with_a_clear_error(manifest, tmp_path, monkeypatch):
-    calls = {"n": 0}
-    real = trainer_module.reconstruction_loss
-
-    def nan_from_second_call(*args, **kwargs):
-        calls["n"] += 1
-        loss = real(*args, **kwargs)
-        return loss * float("nan") if calls["n"] >= 2 else loss
-
-    monkeypatch.setattr(trainer_module, "reconstruction_loss", nan_from_second_call)
+    poison_reconstruction_loss(monkeypatch, lambda n: n >= 2)
     config = tiny_config(epochs=1, steps_per_epoch=6, max_bad_steps=3, checkpoint_minutes=1e-9)
     last = tmp_path / "checkpoint" / "last.pt"
     with pytest.raises(MbsnetError, match=r"stopped at epoch 1, step 4: 3 consecutive") as info:
