@@ -141,7 +141,7 @@ def synthesize_fresh(jobs: Sequence[tuple[str, Voice]]) -> list[np.ndarray]:
 def _serve() -> None:
     """Entry point of :func:`synthesize_fresh`'s process: jobs on stdin, ``("ok",
     samples)`` or ``("error", message)`` on stdout."""
-    from .progress import progress
+    from ..progress import progress
 
     jobs = pickle.loads(sys.stdin.buffer.read())
     try:

@@ -30,7 +30,7 @@ from . import espeak
 from .manifest import Row, choose_valid_speakers, write_pair
 from .mixing import mix_pcm16, scale_to_level
 from .noises import TEST_NOISES, TRAIN_NOISES, TalkerPool, colored, make_noise
-from .progress import parallel_map
+from ..progress import parallel_map
 
 SAMPLE_RATE = 16000
 ACCENTS = ("en-us", "en", "en-gb-scotland", "en-us-nyc", "en-gb-x-rp", "en-029",

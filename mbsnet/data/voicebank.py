@@ -30,7 +30,7 @@ import soxr
 from ..errors import ConfigError, DataError
 from .manifest import UNKNOWN_NOISE, Row, choose_valid_speakers, format_list, write_pair
 from .mixing import to_pcm16
-from .progress import parallel_map
+from ..progress import parallel_map
 
 SAMPLE_RATE = 16000
 OFFICIAL_TRAIN = (("clean_trainset_28spk_wav", "noisy_trainset_28spk_wav"),

@@ -14,7 +14,7 @@ from typing import Any, Union
 import numpy as np
 import soundfile as sf
 
-from ..data.progress import progress as show_progress
+from ..progress import progress as show_progress
 from ..errors import DataError
 from .composite import composite_scores
 from .standard import pesq_wb_checked, si_sdr, stoi

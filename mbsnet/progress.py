@@ -1,5 +1,5 @@
 """Progress output (tqdm on a terminal, plain lines otherwise) and an order-keeping process
-pool, for the long steps of corpus preparation."""
+pool, for the long steps of data preparation and scoring."""
 
 from __future__ import annotations
 
