@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from mbsnet.audio import HOP, N_BINS, SAMPLE_RATE, stft
 from mbsnet.cli import main
@@ -250,6 +251,54 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         model(spec).abs().mean().backward()
     for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
         torch.testing.assert_close(q.grad, p.grad, msg=name)
+
+
+LSTM_CFG = {"channels": 8, "decoder": "lightweight", "stages": [{"blocks": [
+    {"type": "lstm", "axis": "time", "bidirectional": False},
+    {"type": "lstm", "axis": "band", "bidirectional": True}]}]}
+
+
+def _onednn_flag_seen_by_lstms(model, run) -> list[bool]:
+    """``torch.backends.mkldnn.enabled`` as every nn.LSTM of ``model`` saw it in ``run()``."""
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda *_: seen.append(torch.backends.mkldnn.enabled))
+             for m in model.modules() if isinstance(m, nn.LSTM)]
+    try:
+        run()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+@pytest.mark.parametrize(("kernel", "training_flag"), [("native", False), ("onednn", True)])
+def test_cpu_lstm_kernel_applies_to_cpu_training_only(kernel, training_flag):
+    model = build_model(LSTM_CFG, cpu_lstm_kernel=kernel)
+    spec = noisy_spec(1, 4 * HOP)
+    assert torch.backends.mkldnn.enabled
+    assert _onednn_flag_seen_by_lstms(model, lambda: model(spec)) == [training_flag] * 2
+    with torch.no_grad():   # inference keeps oneDNN whatever the training kernel
+        assert _onednn_flag_seen_by_lstms(model, lambda: model(spec)) == [True, True]
+    assert torch.backends.mkldnn.enabled   # restored
+
+
+def test_cpu_lstm_kernels_give_the_same_outputs_and_gradients():
+    torch.manual_seed(0)
+    native = build_model(LSTM_CFG, cpu_lstm_kernel="native")
+    onednn = build_model(LSTM_CFG, cpu_lstm_kernel="onednn")
+    onednn.load_state_dict(native.state_dict())
+    spec = noisy_spec(2, 8 * HOP)
+    outs = [model(spec) for model in (native, onednn)]
+    for out in outs:
+        out.abs().mean().backward()
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-4)
+    for (name, p), q in zip(native.named_parameters(), onednn.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_unknown_cpu_lstm_kernel_is_refused():
+    with pytest.raises(ValueError, match="cpu_kernel must be one of"):
+        build_model(LSTM_CFG, cpu_lstm_kernel="cudnn")
 
 
 def test_bf16_autocast_keeps_stft_and_mask_float32():

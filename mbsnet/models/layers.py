@@ -7,6 +7,9 @@ Each layer maps z to ``z + f(z)`` with f a sequence model along one axis:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,15 +40,39 @@ def reverse(seq: torch.Tensor) -> torch.Tensor:
     return torch.flip(seq, dims=[1])
 
 
+CPU_LSTM_KERNELS = ("native", "onednn")
+
+
+@contextlib.contextmanager
+def _onednn(enabled: bool) -> Iterator[None]:
+    """Allow or forbid PyTorch's oneDNN kernels inside the block (restored afterwards)."""
+    previous = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = enabled and previous
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = previous
+
+
 class LSTMLayer(nn.Module):
     """BSRNN block: GroupNorm(1,N) -> LSTM(N, 2N) along the axis -> Linear -> residual.
 
     Bidirectional: LSTM in both directions and Linear(4N, N); else Linear(2N, N).
+
+    ``cpu_kernel`` picks the LSTM kernel for training on the CPU (gradients enabled):
+    ``native`` (PyTorch's own) or ``onednn``. Measured for BSRNN at batch 6, 2 s crops:
+    the same resident memory (3.5 GB) but oneDNN's allocations add up to twice as much
+    (6.35 vs 3.19 GB; the rest is reserved, never touched), and it is 5% slower on one
+    thread, 1.25x faster on two. Inference always uses oneDNN (1.6x faster here), CUDA cuDNN.
     """
 
-    def __init__(self, channels: int, axis: str, bidirectional: bool) -> None:
+    def __init__(self, channels: int, axis: str, bidirectional: bool,
+                 cpu_kernel: str = "native") -> None:
         super().__init__()
+        if cpu_kernel not in CPU_LSTM_KERNELS:
+            raise ValueError(f"cpu_kernel must be one of {CPU_LSTM_KERNELS}, got {cpu_kernel!r}")
         self.axis = axis
+        self.cpu_kernel = cpu_kernel
         self.norm = nn.GroupNorm(1, channels)
         self.rnn = init_lstm_(nn.LSTM(channels, 2 * channels, batch_first=True,
                                       bidirectional=bidirectional))
@@ -53,7 +80,10 @@ class LSTMLayer(nn.Module):
         self.proj = init_linear_(nn.Linear(directions * 2 * channels, channels))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        seq, _ = self.rnn(to_sequences(self.norm(z), self.axis))
+        native = (self.cpu_kernel == "native" and z.device.type == "cpu"
+                  and torch.is_grad_enabled())
+        with _onednn(not native):
+            seq, _ = self.rnn(to_sequences(self.norm(z), self.axis))
         return z + from_sequences(self.proj(seq), self.axis, z.shape)
 
 
@@ -105,10 +135,10 @@ class FeatureMLPLayer(nn.Module):
         return z + F.gelu(self.norm(self.fc(x))).permute(0, 3, 1, 2)
 
 
-def build_layer(block: BlockSpec, channels: int) -> nn.Module:
-    """The residual layer a block spec describes."""
+def build_layer(block: BlockSpec, channels: int, cpu_lstm_kernel: str = "native") -> nn.Module:
+    """The residual layer a block spec describes (``cpu_lstm_kernel``: see LSTMLayer)."""
     if block.type == "lstm":
-        return LSTMLayer(channels, block.axis, block.bidirectional)
+        return LSTMLayer(channels, block.axis, block.bidirectional, cpu_lstm_kernel)
     if block.type == "mamba":
         layer = BiMambaLayer if block.bidirectional else MambaLayer
         return layer(channels, block.axis, block.d_state, block.expand)

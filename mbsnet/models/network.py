@@ -25,15 +25,18 @@ class BandSplitNet(nn.Module):
     ``final_norm`` (LayerNorm over channels; only when configured) and ``decoder``.
     Under bf16 autocast the STFT input and the complex mask stay float32 (and the
     Mamba scan runs in float32). With ``gradient_checkpointing`` every Mamba layer
-    recomputes its activations in backward during training.
+    recomputes its activations in backward during training. ``cpu_lstm_kernel`` is the
+    LSTM kernel for CPU training (see :class:`~mbsnet.models.layers.LSTMLayer`).
     """
 
-    def __init__(self, spec: ModelSpec, *, gradient_checkpointing: bool = False) -> None:
+    def __init__(self, spec: ModelSpec, *, gradient_checkpointing: bool = False,
+                 cpu_lstm_kernel: str = "native") -> None:
         super().__init__()
         self.settings = spec
         self.gradient_checkpointing = gradient_checkpointing
         self.band_split = BandSplit(spec.channels)
-        self.layers = nn.ModuleList(build_layer(block, spec.channels) for block in spec.layers)
+        self.layers = nn.ModuleList(build_layer(block, spec.channels, cpu_lstm_kernel)
+                                    for block in spec.layers)
         self.final_norm = nn.LayerNorm(spec.channels) if spec.final_norm else None
         self.decoder = MaskDecoder(spec.channels, spec.decoder)
 
@@ -57,7 +60,9 @@ class BandSplitNet(nn.Module):
         return apply_mask(spec, self.decoder(self.encode(spec)))
 
 
-def build_model(model_cfg: dict[str, Any], *, gradient_checkpointing: bool = False) -> BandSplitNet:
+def build_model(model_cfg: dict[str, Any], *, gradient_checkpointing: bool = False,
+                cpu_lstm_kernel: str = "native") -> BandSplitNet:
     """The network for one ablation's model settings; raises ConfigError naming the bad key."""
     return BandSplitNet(parse_model_config(model_cfg),
-                        gradient_checkpointing=gradient_checkpointing)
+                        gradient_checkpointing=gradient_checkpointing,
+                        cpu_lstm_kernel=cpu_lstm_kernel)

@@ -47,7 +47,8 @@ class Trainer:
         self.device = device
         self.generator = build_model(
             ablation_cfg["model"],
-            gradient_checkpointing=self.settings["gradient_checkpointing"]).to(device)
+            gradient_checkpointing=self.settings["gradient_checkpointing"],
+            cpu_lstm_kernel=self.settings["cpu_lstm_kernel"]).to(device)
         self.discriminator = Discriminator(self.settings["discriminator_ndf"]).to(device)
         self.gen_optimizer = torch.optim.Adam(self.generator.parameters(), lr=self.settings["lr"])
         self.disc_optimizer = torch.optim.Adam(self.discriminator.parameters(),
