@@ -1,6 +1,7 @@
 """Benchmark every configured ablation side by side with `mbsnet profile`.
 
     python benchmarks/ablations.py [--config config.yaml] [--json FILE] [--quick]
+        [--batch-size 6 --crop-seconds 2]
 
 Each ablation is profiled in a fresh subprocess (`python -m mbsnet profile ...
 --no-budget-check`, so an ablation over the memory budget is still measured) on the
@@ -51,14 +52,14 @@ ORIGINAL = {
 ORIGINAL_SETTING = (6, 2.0)   # (batch_size, crop_seconds)
 
 
-def quick_config(config_path: Path, workdir: Path) -> Path:
-    """A copy of the config at batch 1 and 0.5 s crops (for --quick)."""
+def config_at(config_path: Path, workdir: Path, batch_size: int, crop_seconds: float) -> Path:
+    """A copy of the config with every ablation at this batch size and crop length."""
     raw = yaml.safe_load(config_path.read_text())
-    raw.setdefault("training", {}).update(batch_size=1, crop_seconds=0.5)
+    raw.setdefault("training", {}).update(batch_size=batch_size, crop_seconds=crop_seconds)
     for entry in raw.get("ablations", {}).values():
         for key in ("batch_size", "crop_seconds"):
-            entry.get("training", {}).pop(key, None)
-    path = workdir / "quick.yaml"
+            (entry.get("training") or {}).pop(key, None)
+    path = workdir / f"batch{batch_size}-crop{crop_seconds:g}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
 
@@ -148,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--quick", action="store_true",
                         help="batch 1, 0.5 s crops, one step of each kind (smoke test)")
+    parser.add_argument("--batch-size", type=int,
+                        help="profile every ablation at this batch size (default: the config's)")
+    parser.add_argument("--crop-seconds", type=float,
+                        help="profile every ablation at this crop length (default: the config's)")
     parser.add_argument("--ablations", nargs="+", help="only these (default: all configured)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: resources.threads)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"))
@@ -160,8 +165,13 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         config_path = args.config.resolve()
         if args.quick:
-            config_path = quick_config(config_path, workdir)
+            args.batch_size, args.crop_seconds = 1, 0.5
             args.warmup_steps, args.steps, args.inference_runs = 0, 1, 1
+        if args.batch_size is not None or args.crop_seconds is not None:
+            base = load_config(config_path)["training"]
+            config_path = config_at(config_path, workdir,
+                                    args.batch_size or base["batch_size"],
+                                    args.crop_seconds or base["crop_seconds"])
         config = load_config(config_path)
         names = args.ablations or list(config["ablations"])
         settings = {(ablation_config(config, n)["training"]["batch_size"],

@@ -1,9 +1,12 @@
 """mbsnet profile: FLOP counts against independent counts, the CPU memory accounting, the
-assembled profile.json of a tiny config, and the memory budget check."""
+assembled profile.json of a tiny config, the memory budget check and the ablations benchmark."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -258,3 +261,29 @@ def test_cuda_step_memory_resets_the_peak_before_the_step_and_reads_it_after(mon
     assert reading.peak_mb == 96
     assert reading.details == {"allocated_before_step_mb": 3, "reserved_peak_mb": 128}
     assert "max_memory_allocated" in reading.method
+
+
+# --- the ablations benchmark -------------------------------------------------------------
+
+def test_ablations_benchmark_profiles_each_ablation_at_the_requested_size(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "ablations.json"
+    proc = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "ablations.py"),
+         "--config", str(root / "tests" / "configs" / "tiny.yaml"), "--batch-size", "1",
+         "--crop-seconds", "0.5", "--threads", "1", "--warmup-steps", "0", "--steps", "1",
+         "--inference-runs", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    rows = {row["ablation"]: row for row in report["rows"]}
+    assert set(rows) == {"bsrnn", "mamba"}
+    for row in rows.values():
+        assert (row["batch_size"], row["crop_seconds"]) == (1, 0.5)
+        assert row["peak_train_memory_mb"] > 0 and row["train_step_seconds"] > 0
+    assert rows["mamba"]["step_vs_baseline"] == pytest.approx(
+        rows["mamba"]["train_step_seconds"] / rows["bsrnn"]["train_step_seconds"])
+    assert rows["bsrnn"]["cpu_lstm_kernel"] == "native"
+    assert report["comparable_to_original"] is False
+    assert "memory target is not checked" in proc.stdout
+    assert [line.split()[0] for line in proc.stdout.splitlines()[2:4]] == ["bsrnn", "mamba"]
