@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import torch
 
-SAMPLE_RATE = 16000
+from .wavio import SAMPLE_RATE
+
+__all__ = ["HOP", "N_BINS", "N_FFT", "SAMPLE_RATE", "istft", "stft"]
+
 N_FFT = 512
 HOP = 128
 N_BINS = N_FFT // 2 + 1

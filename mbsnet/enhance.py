@@ -1,20 +1,17 @@
-"""Whole-utterance enhancement with a loaded model, and reading/writing users' audio files."""
+"""Whole-utterance enhancement with a loaded model, of waveforms and of users' audio files."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-import soundfile as sf
-import soxr
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .atomic import atomic_path
-from .audio import HOP, SAMPLE_RATE, istft, stft
+from .audio import HOP, istft, stft
 from .errors import DataError
+from .wavio import AUDIO_SUFFIXES, audio_info, read_16k_mono, write_wav_16k
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -45,31 +42,6 @@ def enhance_waveform(model: nn.Module, wave: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------- files
 
-AUDIO_SUFFIXES = frozenset("." + fmt.lower() for fmt in sf.available_formats())
-
-
-def read_audio_16k_mono(path: str | Path) -> np.ndarray:
-    """Any readable audio file as 16 kHz mono float32: channels averaged, resampled with
-    soxr. DataError naming the file when it cannot be read."""
-    try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise DataError(f"cannot read audio file {path}: {exc}") from exc
-    if data.shape[0] == 0:
-        raise DataError(f"audio file {path} is empty")
-    mono = data.mean(axis=1)
-    if rate != SAMPLE_RATE:
-        mono = soxr.resample(mono, rate, SAMPLE_RATE)
-    return np.ascontiguousarray(mono, dtype=np.float32)
-
-
-def write_wav_16k(path: str | Path, wave: np.ndarray) -> None:
-    """Write 16 kHz mono PCM-16 atomically (samples clipped to [-1, 1])."""
-    with atomic_path(path) as tmp:
-        sf.write(str(tmp), np.clip(wave, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16",
-                 format="WAV")
-
-
 def audio_files(source: str | Path) -> list[Path]:
     """``source`` itself if it is a file, else the audio files directly inside it (sorted)."""
     source = Path(source)
@@ -91,15 +63,12 @@ def enhance_files(model: nn.Module, source: str | Path, out_dir: str | Path
     an unreadable file stops the run before any output appears."""
     files = audio_files(source)
     for f in files:
-        try:
-            sf.info(str(f))
-        except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-            raise DataError(f"cannot read audio file {f}: {exc}") from exc
+        audio_info(f)
     stems = [f.stem for f in files]
     if len(set(stems)) != len(stems):
         raise DataError(f"{source}: several input files share a name stem; outputs would clash")
     for f in files:
-        wave = read_audio_16k_mono(f)
+        wave = read_16k_mono(f)
         enhanced = enhance_waveform(model, torch.from_numpy(wave)).numpy()
         target = Path(out_dir) / f"{f.stem}.wav"
         write_wav_16k(target, enhanced)

@@ -16,10 +16,11 @@ from torch import nn
 
 from .atomic import atomic_dir, atomic_path, write_json
 from .data.manifest import read_manifest
-from .enhance import enhance_waveform, write_wav_16k
+from .enhance import enhance_waveform
 from .errors import DataError
-from .metrics import METRICS, iter_scores, read_wav
+from .metrics import METRICS, iter_scores
 from .stats import t_half_width
+from .wavio import read_16k, write_wav_16k
 
 NOISY = "noisy"
 COLUMNS = ("utt_id", "system", "snr", "noise", *METRICS, "error")
@@ -34,18 +35,11 @@ def select_split(manifest: str | Path, split: str) -> pd.DataFrame:
     return rows
 
 
-def _read_noisy(path: str) -> np.ndarray:
-    wave, rate = read_wav(path)
-    if wave.ndim != 1 or rate != 16000:
-        raise DataError(f"{path}: expected 16 kHz mono, got {rate} Hz with shape {wave.shape}")
-    return wave
-
-
 def _enhanced_pairs(model: nn.Module, rows: pd.DataFrame,
                     wav_dir: Path | None) -> Iterator[tuple[str, np.ndarray]]:
     """(clean path, enhanced float32 signal) per row; enhancement runs here, lazily."""
     for utt_id, clean, noisy in zip(rows["utt_id"], rows["clean"], rows["noisy"]):
-        wave = torch.from_numpy(_read_noisy(noisy).astype(np.float32))
+        wave = torch.from_numpy(read_16k(noisy, dtype="float32"))
         enhanced = enhance_waveform(model, wave).cpu().numpy()
         if wav_dir is not None:
             write_wav_16k(wav_dir / f"{utt_id}.wav", enhanced)

@@ -14,7 +14,8 @@ from torch import nn
 
 from mbsnet.audio import HOP
 from mbsnet.cli import main
-from mbsnet.enhance import enhance_files, enhance_waveform, read_audio_16k_mono
+from mbsnet.enhance import enhance_files, enhance_waveform
+from mbsnet.wavio import read_16k_mono
 from mbsnet.errors import DataError
 from mbsnet.evaluate import COLUMNS, evaluate, summarise
 from mbsnet.metrics import METRICS
@@ -214,7 +215,7 @@ def test_read_audio_unreadable_file_names_it(tmp_path):
     bad = tmp_path / "broken.wav"
     bad.write_bytes(b"RIFF....garbage")
     with pytest.raises(DataError, match="broken.wav"):
-        read_audio_16k_mono(bad)
+        read_16k_mono(bad)
     with pytest.raises(DataError, match="broken.wav"):
         list(enhance_files(Identity(), tmp_path, tmp_path / "out"))
     assert not (tmp_path / "out").exists()

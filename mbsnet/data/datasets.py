@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import soundfile as sf
 import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from .manifest import SAMPLE_RATE, read_manifest
+from ..wavio import SAMPLE_RATE, read_16k
+from .manifest import read_manifest
 
 __all__ = ["TrainDataset", "EvalDataset", "read_manifest"]
 
@@ -32,13 +32,7 @@ def _split_rows(manifest_path: str | Path, split: str) -> pd.DataFrame:
 
 
 def _read(path: str, start: int = 0, frames: int = -1) -> np.ndarray:
-    try:
-        samples, rate = sf.read(path, start=start, frames=frames, dtype="float32",
-                                always_2d=False)
-    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from exc
-    if rate != SAMPLE_RATE or samples.ndim != 1:
-        raise DataError(f"{path}: expected 16 kHz mono, found {rate} Hz, shape {samples.shape}")
+    samples = read_16k(path, dtype="float32", start=start, frames=frames)
     if frames >= 0 and len(samples) != frames:
         raise DataError(f"{path} is shorter than the manifest says ({start + len(samples)} "
                         f"samples, needed {start + frames}); prepare the corpus again")

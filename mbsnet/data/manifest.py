@@ -7,7 +7,6 @@ tab-separated manifest with the columns :data:`COLUMNS`, paths relative to its d
 from __future__ import annotations
 
 import math
-import wave
 from collections.abc import Iterable, Sequence
 from dataclasses import astuple, dataclass
 from pathlib import Path
@@ -17,8 +16,8 @@ import pandas as pd
 
 from ..atomic import write_text
 from ..errors import ConfigError, DataError
+from ..wavio import SAMPLE_RATE, write_pcm16
 
-SAMPLE_RATE = 16000
 MANIFEST = "manifest.tsv"
 COLUMNS = ("utt_id", "split", "speaker", "noise", "snr", "duration", "clean", "noisy")
 SPLITS = ("train", "valid", "test")
@@ -44,16 +43,6 @@ def pair_paths(split: str, utt_id: str) -> tuple[str, str]:
     return f"{split}/clean/{utt_id}.wav", f"{split}/noisy/{utt_id}.wav"
 
 
-def write_wav(path: Path, samples: np.ndarray) -> None:
-    """A 16 kHz mono PCM-16 WAV file (a plain 44-byte header, nothing else)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(SAMPLE_RATE)
-        out.writeframes(np.asarray(samples, dtype="<i2").tobytes())
-
-
 def write_pair(root: Path, split: str, utt_id: str, speaker: str, noise: str, snr: float,
                clean: np.ndarray, noisy: np.ndarray) -> Row:
     """Write an utterance's int16 clean/noisy signals under ``root`` and return its row."""
@@ -61,7 +50,7 @@ def write_pair(root: Path, split: str, utt_id: str, speaker: str, noise: str, sn
         raise ValueError(f"{utt_id}: clean and noisy must be int16 arrays of one shape")
     rel = pair_paths(split, utt_id)
     for path, samples in zip(rel, (clean, noisy)):
-        write_wav(root / path, samples)
+        write_pcm16(root / path, samples)
     return Row(utt_id, split, speaker, noise, float(snr), len(clean) / SAMPLE_RATE, *rel)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import fft, linalg, signal
 
-SAMPLE_RATE = 16000
+from ..wavio import SAMPLE_RATE
 
 # disjoint subsets, as VoiceBank-DEMAND uses different DEMAND environments for train and test
 TRAIN_NOISES = ("car", "babble", "pink", "white", "hum")

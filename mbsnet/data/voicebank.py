@@ -23,16 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import soundfile as sf
-import soxr
-
 from ..errors import ConfigError, DataError
+from ..progress import parallel_map
+from ..wavio import audio_info, read_16k_mono
 from .manifest import UNKNOWN_NOISE, Row, choose_valid_speakers, format_list, write_pair
 from .mixing import to_pcm16
-from ..progress import parallel_map
-
-SAMPLE_RATE = 16000
 OFFICIAL_TRAIN = (("clean_trainset_28spk_wav", "noisy_trainset_28spk_wav"),
                   ("clean_trainset_56spk_wav", "noisy_trainset_56spk_wav"))
 OFFICIAL_TEST = ("clean_testset_wav", "noisy_testset_wav")
@@ -120,9 +115,9 @@ def _check_header(path: Path) -> tuple[str, str, Any]:
     if path.stat().st_size == 0:
         return "empty files", "", None
     try:
-        info = sf.info(str(path))
-    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        return "unreadable or corrupt files", f": {exc}", None
+        info = audio_info(path)
+    except DataError as exc:
+        return "unreadable or corrupt files", f": {exc.__cause__}", None
     if info.frames == 0:
         return "empty files", "", None
     if info.channels != 1:
@@ -216,18 +211,9 @@ def fingerprint(root: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _read_16k(path: Path) -> np.ndarray:
-    try:
-        samples, rate = sf.read(str(path), dtype="float64", always_2d=False)
-    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from exc
-    if rate != SAMPLE_RATE:
-        samples = soxr.resample(samples, rate, SAMPLE_RATE, quality="HQ")
-    return to_pcm16(samples)
-
-
 def _import_pair(pair: Pair, out_dir: Path) -> Row:
-    clean, noisy = _read_16k(pair.clean), _read_16k(pair.noisy)
+    clean, noisy = (to_pcm16(read_16k_mono(path, dtype="float64"))
+                    for path in (pair.clean, pair.noisy))
     return write_pair(out_dir, pair.split, pair.utt_id, pair.speaker, pair.noise, pair.snr,
                       clean, noisy)
 

@@ -5,10 +5,10 @@ many in worker processes. Signals are float in [-1, 1] at 16 kHz.
 """
 
 from .composite import composite_scores, segmental_snr
-from .score import METRICS, iter_scores, read_wav, score_many, score_pair
+from .score import METRICS, iter_scores, score_many, score_pair
 from .standard import MetricFailure, pesq_wb, pesq_wb_checked, pesq_wb_strict, si_sdr, stoi
 
 __all__ = [
     "METRICS", "MetricFailure", "composite_scores", "iter_scores", "pesq_wb", "pesq_wb_checked",
-    "pesq_wb_strict", "read_wav", "score_many", "score_pair", "segmental_snr", "si_sdr", "stoi",
+    "pesq_wb_strict", "score_many", "score_pair", "segmental_snr", "si_sdr", "stoi",
 ]

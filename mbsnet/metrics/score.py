@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
-import soundfile as sf
 
 from ..progress import progress as show_progress
 from ..errors import DataError
+from ..wavio import read_audio
 from .composite import composite_scores
 from .standard import pesq_wb_checked, si_sdr, stoi
 
@@ -24,19 +24,9 @@ METRICS = ("pesq_wb", "csig", "cbak", "covl", "ssnr", "stoi", "estoi", "si_sdr")
 Audio = Union[np.ndarray, str, Path]
 
 
-def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
-    """A WAV file as float64 in [-1, 1] (channels last) and its sample rate;
-    DataError naming the file when it cannot be read."""
-    try:
-        data, rate = sf.read(str(path), dtype="float64", always_2d=False)
-    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise DataError(f"cannot read audio file {path}: {exc}") from exc
-    return data, rate
-
-
 def _signal(audio: Audio, sr: int) -> np.ndarray:
     if isinstance(audio, (str, Path)):
-        data, rate = read_wav(audio)
+        data, rate = read_audio(audio)
         if data.ndim != 1:
             raise DataError(f"{audio}: expected mono audio, got {data.shape[1]} channels")
         if rate != sr:

@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..data.manifest import SAMPLE_RATE, read_manifest
+from .. import stats
+from ..data.manifest import read_manifest
 from ..errors import DataError
 from ..metrics import METRICS as METRIC_KEYS
-from .. import stats
+from ..wavio import SAMPLE_RATE, read_audio
 
 NOISY = "noisy"
 _LABELS = {"pesq_wb": "PESQ-WB", "csig": "CSIG", "cbak": "CBAK", "covl": "COVL",
@@ -479,14 +480,12 @@ def example_audio(results: Results) -> Example:
 
 
 def _read_wav(path: Path, shown: str, rate: int) -> np.ndarray | Missing:
-    import soundfile
-
     if not path.is_file():
         return Missing(f"no {shown}")
     try:
-        wave, sr = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except (OSError, RuntimeError, soundfile.LibsndfileError) as exc:
-        return Missing(f"{shown} is unreadable ({exc})")
+        wave, sr = read_audio(path, dtype="float32", always_2d=True)
+    except DataError as exc:
+        return Missing(f"{shown} is unreadable ({exc.__cause__})")
     if sr != rate:
         return Missing(f"{shown} is {sr} Hz, expected {rate}")
     return wave.mean(axis=1)
