@@ -23,6 +23,7 @@ from mbsnet.models import N_BANDS, build_model, count_parameters
 from mbsnet.profiling import (ProfileOptions, count_inference_flops, lstm_flops,
                               measure_step_memory, probe_batch, profile_ablation, scan_flops)
 from mbsnet.profiling.memory import tensor_bytes
+from mbsnet.profiling.profile import MemoryBudgetError, check_budget
 
 MAMBA_MODEL = {"channels": 4, "decoder": "lightweight", "stages": [{"blocks": [
     {"type": "mamba", "axis": "time", "bidirectional": True, "d_state": 3},
@@ -183,6 +184,20 @@ def test_tiny_budget_fails_with_a_clear_message_and_writes_nothing(tmp_path, cap
     for remedy in ("batch_size", "crop_seconds", "gradient_checkpointing"):
         assert remedy in message
     assert not out.exists() and list(tmp_path.glob("*.json*")) == []
+
+
+@pytest.mark.parametrize(("kernel", "lstm_flops", "hinted"),
+                         [("onednn", 1e9, True), ("native", 1e9, False), ("onednn", 0.0, False)])
+def test_over_budget_cpu_profile_suggests_the_native_lstm_kernel_only_where_it_helps(
+        kernel, lstm_flops, hinted):
+    over = {"ablation": "bsrnn", "device": "cpu", "peak_train_memory_mb": 6400.0,
+            "budget_gb": 4, "batch_size": 6, "crop_seconds": 2.0,
+            "gradient_checkpointing": False, "cpu_lstm_kernel": kernel,
+            "flops_per_second_by_source": {"lstm": lstm_flops, "scan": 0.0}}
+    with pytest.raises(MemoryBudgetError, match="ablation 'bsrnn' needs 6.25 GB") as caught:
+        check_budget(over)
+    assert ("training.cpu_lstm_kernel: native" in str(caught.value)) is hinted
+    check_budget({**over, "budget_gb": 7})   # within budget: no error
 
 
 def test_unknown_ablation_is_a_config_error(tmp_path, capsys):

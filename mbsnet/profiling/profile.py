@@ -214,6 +214,10 @@ def check_budget(profile: Mapping[str, Any]) -> None:
     checkpointing = ("" if profile.get("gradient_checkpointing")
                      else ", or set training.gradient_checkpointing: true (Mamba layers "
                           "recompute their activations in backward)")
+    if (on_cpu and profile.get("cpu_lstm_kernel") == "onednn"
+            and profile["flops_per_second_by_source"].get("lstm", 0) > 0):
+        checkpointing += (", or set training.cpu_lstm_kernel: native (oneDNN's LSTM "
+                          "allocates about twice the memory it uses)")
     raise MemoryBudgetError(
         f"ablation '{name}' needs {peak_mb / 1024:.2f} GB ({peak_mb:,.0f} MB) of memory for "
         f"one training step at batch_size {profile['batch_size']} and crop_seconds "
