@@ -203,9 +203,12 @@ def test_every_rule_runs_as_a_slurm_job(tiny_run):
         if job.rule == "train":
             assert " --gpus=1 " in call and "--cpus-per-gpu=" in call
             assert "gres/gpu=1" in job.alloc_tres
+            # time limit and memory from the config (tiny.yaml resources.train_*)
+            assert " -t 15 " in call and " --mem 2000 " in call
         else:
             assert "--gpus" not in call
             assert "gres/gpu" not in job.alloc_tres
+            assert " -t 10 " in call and " --mem 1000 " in call   # the overlay's defaults
         assert " -A ci " in call and " -p local " in call
 
     # Each job's SLURM log is kept under results/logs/slurm/, named by its job id, and the
