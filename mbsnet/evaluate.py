@@ -15,24 +15,14 @@ import torch
 from torch import nn
 
 from .atomic import atomic_dir, atomic_path, write_json
-from .data.manifest import read_manifest
+from .data.manifest import read_split
 from .enhance import enhance_waveform
-from .errors import DataError
 from .metrics import METRICS, iter_scores
 from .stats import t_half_width
 from .wavio import read_16k, write_wav_16k
 
 NOISY = "noisy"
 COLUMNS = ("utt_id", "system", "snr", "noise", *METRICS, "error")
-
-
-def select_split(manifest: str | Path, split: str) -> pd.DataFrame:
-    """The manifest rows of one split (absolute WAV paths), in manifest order."""
-    frame = read_manifest(manifest)
-    rows = frame[frame["split"] == split].reset_index(drop=True)
-    if rows.empty:
-        raise DataError(f"manifest {manifest} has no utterances in split '{split}'")
-    return rows
 
 
 def _enhanced_pairs(model: nn.Module, rows: pd.DataFrame,
@@ -108,7 +98,7 @@ def evaluate(manifest: str | Path, out: str | Path, *, model: nn.Module | None =
     """Score ``split``: the model's enhanced output, or the noisy input when ``model`` is
     None. Writes metrics.tsv, summary.json (and wavs/ with ``save_wavs``) under ``out``
     and returns the summary."""
-    rows = select_split(manifest, split)
+    rows = read_split(manifest, split)
     out = Path(out)
     saving = model is not None and save_wavs
     with atomic_dir(out / "wavs") if saving else contextlib.nullcontext() as wav_dir:

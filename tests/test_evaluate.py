@@ -158,7 +158,7 @@ def test_identity_model_scores_like_the_noisy_input(corpus, noisy_eval, tmp_path
 
 
 def test_evaluate_unknown_split(corpus, tmp_path):
-    with pytest.raises(DataError, match="no utterances in split 'valid'"):
+    with pytest.raises(DataError, match="has no 'valid' utterances"):
         evaluate(corpus["manifest"], tmp_path, split="valid", progress=False)
     assert not (tmp_path / "metrics.tsv").exists()
 

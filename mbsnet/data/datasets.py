@@ -11,24 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError
 from ..wavio import SAMPLE_RATE, read_16k
-from .manifest import read_manifest
+from .manifest import read_manifest, read_split
 
 __all__ = ["TrainDataset", "EvalDataset", "read_manifest"]
-
-
-def _split_rows(manifest_path: str | Path, split: str) -> pd.DataFrame:
-    frame = read_manifest(manifest_path)
-    rows = frame[frame["split"] == split].reset_index(drop=True)
-    if rows.empty:
-        raise DataError(f"manifest {manifest_path} has no '{split}' utterances "
-                        f"(splits present: {', '.join(sorted(frame['split'].unique()))})")
-    return rows
 
 
 def _read(path: str, start: int = 0, frames: int = -1) -> np.ndarray:
@@ -47,7 +37,7 @@ class TrainDataset(Dataset):
                  crop_seconds: float = 2.0, seed: int = 0) -> None:
         if crop_seconds <= 0:
             raise ValueError(f"crop_seconds must be positive, got {crop_seconds}")
-        self.rows = _split_rows(manifest_path, split)
+        self.rows = read_split(manifest_path, split)
         self.crop = int(round(crop_seconds * SAMPLE_RATE))
         self.lengths = np.round(self.rows["duration"].to_numpy() * SAMPLE_RATE).astype(np.int64)
         self.seed = int(seed)
@@ -87,7 +77,7 @@ class EvalDataset(Dataset):
     (float tensors), ``snr`` (float, NaN if unknown), ``noise`` and ``speaker``."""
 
     def __init__(self, manifest_path: str | Path, split: str = "test") -> None:
-        self.rows = _split_rows(manifest_path, split)
+        self.rows = read_split(manifest_path, split)
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -109,6 +109,17 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     return frame
 
 
+def read_split(path: str | Path, split: str) -> pd.DataFrame:
+    """The manifest rows of one split, in manifest order (index 0..n-1); DataError when the
+    split has none."""
+    frame = read_manifest(path)
+    rows = frame[frame["split"] == split].reset_index(drop=True)
+    if rows.empty:
+        raise DataError(f"manifest {path} has no '{split}' utterances "
+                        f"(splits present: {', '.join(sorted(frame['split'].unique()))})")
+    return rows
+
+
 def format_list(items: Sequence[str], cap: int = 10) -> str:
     """Indented lines, at most ``cap`` of them, then how many more there are."""
     lines = [f"  {item}" for item in items[:cap]]
