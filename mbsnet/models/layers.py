@@ -146,7 +146,3 @@ def build_layer(block: BlockSpec, channels: int, cpu_lstm_kernel: str = "native"
         return FeatureMLPLayer(channels)
     raise ValueError(f"unknown block type {block.type!r}")
 
-
-def uses_mamba(layer: nn.Module) -> bool:
-    """True for the layers gradient checkpointing wraps."""
-    return isinstance(layer, MambaLayer | BiMambaLayer)

@@ -212,8 +212,8 @@ def check_budget(profile: Mapping[str, Any]) -> None:
              "uses the CPU measurement of the same step's tensor memory"
              if on_cpu else f"measured on {profile['device']}")
     checkpointing = ("" if profile.get("gradient_checkpointing")
-                     else ", or set training.gradient_checkpointing: true (Mamba layers "
-                          "recompute their activations in backward)")
+                     else ", or set training.gradient_checkpointing: true (each layer "
+                          "recomputes its activations in backward: less memory, more time)")
     if (on_cpu and profile.get("cpu_lstm_kernel") == "onednn"
             and profile["flops_per_second_by_source"].get("lstm", 0) > 0):
         checkpointing += (", or set training.cpu_lstm_kernel: native (oneDNN's LSTM "
