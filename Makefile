@@ -22,11 +22,14 @@ report: $(STAMP)
 
 # As root on Debian, also installs the system packages some tests need (a local SLURM
 # cluster, Chromium for the report); elsewhere those tests skip with a reason.
+# ruff first (pyflakes, pycodestyle, import order; config in pyproject.toml): seconds.
 test: $(STAMP)
+	$(BIN)/ruff check
 	bash scripts/install-system-deps.sh
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -ra
 
 lint: $(STAMP)
+	$(BIN)/ruff check
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --lint
 
 bench: $(STAMP)

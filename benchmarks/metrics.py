@@ -21,8 +21,8 @@ import numpy as np
 import soundfile as sf
 from scipy.linalg import toeplitz
 
-from mbsnet.metrics import score_many
 from mbsnet.metrics import composite as vec
+from mbsnet.metrics import score_many
 from mbsnet.metrics.standard import pesq_wb, si_sdr, stoi
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "data" / "metrics"

@@ -5,7 +5,8 @@
 Times forward and forward+backward (median of several runs after a warm-up) and measures the
 peak extra resident memory of each, for every implementation, shape, thread count and mode,
 each in a fresh subprocess (--quick: one per implementation and thread count). Prints a
-table; --json writes rows {implementation, shape, threads, mode: "fwd"|"fwd_bwd", median_ms, peak_mb}.
+table; --json writes rows {implementation, shape, threads, mode: "fwd"|"fwd_bwd", median_ms,
+peak_mb}.
 "fwd" is the training forward (inputs require grad, so whatever backward needs is kept).
 """
 
@@ -152,8 +153,10 @@ def measure(impl: str, shape: tuple[int, int, int, int], threads: int, warmup: i
 
 def table(rows: list[dict]) -> str:
     """A markdown table, with the speed-up and memory ratio of mbsnet against each other row."""
-    ours = {(r["shape"], r["threads"], r["mode"]): r for r in rows if r["implementation"] == "mbsnet"}
-    lines = ["| implementation | shape | threads | mode | median_ms | peak_mb | mbsnet faster | mbsnet memory |",
+    ours = {(r["shape"], r["threads"], r["mode"]): r
+            for r in rows if r["implementation"] == "mbsnet"}
+    lines = ["| implementation | shape | threads | mode | median_ms | peak_mb | mbsnet faster "
+             "| mbsnet memory |",
              "|---|---|---|---|---:|---:|---:|---:|"]
     for r in rows:
         o = ours.get((r["shape"], r["threads"], r["mode"]))
@@ -167,7 +170,8 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="write the rows to this JSON file")
-    parser.add_argument("--quick", action="store_true", help="tiny shapes, few repeats (smoke test)")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny shapes, few repeats (smoke test)")
     parser.add_argument("--only", nargs="+", choices=sorted(IMPLEMENTATIONS),
                         help="run only these implementations")
     parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS,

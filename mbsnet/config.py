@@ -56,7 +56,8 @@ def validate_config(config: Mapping[str, Any], source: str = "config") -> dict:
         lines = [f"  {_key_path(e)}: {e.message}" for e in errors[:10]]
         raise ConfigError(f"{source} is not a valid mbsnet config:\n" + "\n".join(lines))
     baseline = resolved.get("report", {}).get("baseline")
-    if baseline is not None and baseline not in resolved["ablations"] and "baseline" in (config.get("report") or {}):
+    named = "baseline" in (config.get("report") or {})
+    if baseline is not None and baseline not in resolved["ablations"] and named:
         raise ConfigError(
             f"{source}: report.baseline '{baseline}' is not one of the ablations "
             f"({', '.join(resolved['ablations'])})"

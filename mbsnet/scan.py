@@ -73,7 +73,8 @@ def _cuda_scan(x, delta, A, B, C, D):
 
 
 def _sub_batches(batch: int, chunk: int, inner: int) -> list[slice]:
-    """Split the batch so one [chunk, sub_batch, dim, d_state] buffer holds about WORKSET elements."""
+    """Split the batch so one [chunk, sub_batch, dim, d_state] buffer holds about WORKSET
+    elements."""
     size = max(1, min(batch, WORKSET // max(1, chunk * inner)))
     return [slice(b, min(b + size, batch)) for b in range(0, batch, size)]
 
@@ -263,8 +264,11 @@ class ChunkedScan(torch.autograd.Function):
             return gA
 
         parts = _sub_batches(batch, min(CHUNK, length), dim * n)
-        shares = _in_parallel(part, parts, lambda: _Chunk(min(CHUNK, length), parts[0].stop, A, True),
-                              x.device)
+
+        def make_chunk() -> _Chunk:
+            return _Chunk(min(CHUNK, length), parts[0].stop, A, True)
+
+        shares = _in_parallel(part, parts, make_chunk, x.device)
         gA = sum(shares, torch.zeros_like(A))
         gx.addcmul_(gt, D)
         gD = (gy * x).sum((0, 1))

@@ -120,5 +120,6 @@ def paired_comparison(system: pd.Series, baseline: pd.Series,
     except ValueError as exc:
         return Comparison(n, est.mean, est.ci95, math.nan, f"not testable: {exc}")
     if not math.isfinite(p):
-        return Comparison(n, est.mean, est.ci95, math.nan, "not testable: scipy returned no p-value")
+        return Comparison(n, est.mean, est.ci95, math.nan,
+                          "not testable: scipy returned no p-value")
     return Comparison(n, est.mean, est.ci95, p)

@@ -151,7 +151,8 @@ def _epoch_lines(name: str, epochs: int, steps: int, skipped_at: int | None) -> 
             step += 1
             skipped = step == skipped_at
             line = {"kind": "step", "epoch": epoch, "step": step,
-                    "gen_loss": None if skipped else 2.0 / step, "disc_loss": None if skipped else 0.1,
+                    "gen_loss": None if skipped else 2.0 / step,
+                    "disc_loss": None if skipped else 0.1,
                     "lr": 1e-3, "step_seconds": 0.5, "skipped": skipped}
             if skipped:
                 line["reason"] = "non-finite generator loss"

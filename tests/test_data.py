@@ -347,7 +347,8 @@ def test_voicebank_config_errors(tmp_path):
         prepare_corpus(make_config(source="voicebank", root=str(tmp_path / "nope")), tmp_path / "d")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="does not look like VoiceBank-DEMAND"):
-        prepare_corpus(make_config(source="voicebank", root=str(tmp_path / "empty")), tmp_path / "d")
+        prepare_corpus(make_config(source="voicebank", root=str(tmp_path / "empty")),
+                       tmp_path / "d")
     tree = make_fake_voicebank(tmp_path / "vb", "bsrnn", per_speaker=1)
     before = tree_digest(tree.root)
     with pytest.raises(ConfigError, match="overlaps"):
@@ -407,8 +408,9 @@ def test_train_dataset_crops(synthetic_corpus):
     for i, (clean, noisy) in enumerate(epoch0):
         assert clean.shape == noisy.shape == (16000,) and clean.dtype == torch.float32
         start = data.crop_start(i)
-        assert np.array_equal(clean.numpy(), read(rows.clean[i])[start:start + 16000].astype(np.float32))
-        assert np.array_equal(noisy.numpy(), read(rows.noisy[i])[start:start + 16000].astype(np.float32))
+        for got, path in ((clean, rows.clean[i]), (noisy, rows.noisy[i])):
+            expected = read(path)[start:start + 16000].astype(np.float32)
+            assert np.array_equal(got.numpy(), expected)
     again = TrainDataset(manifest, split="train", crop_seconds=1.0, seed=7)
     assert all(torch.equal(again[i][1], epoch0[i][1]) for i in reversed(range(len(data))))
     data.set_epoch(1)

@@ -15,10 +15,10 @@ from torch import nn
 from mbsnet.audio import HOP
 from mbsnet.cli import main
 from mbsnet.enhance import enhance_files, enhance_waveform
-from mbsnet.wavio import read_16k_mono
 from mbsnet.errors import DataError
 from mbsnet.evaluate import COLUMNS, evaluate, summarise
 from mbsnet.metrics import METRICS
+from mbsnet.wavio import read_16k_mono
 
 SR = 16000
 

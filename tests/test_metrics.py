@@ -13,8 +13,17 @@ import pytest
 import soundfile as sf
 
 from mbsnet.cli import main
-from mbsnet.metrics import (METRICS, composite_scores, pesq_wb, pesq_wb_checked, score_many,
-                            score_pair, segmental_snr, si_sdr, stoi)
+from mbsnet.metrics import (
+    METRICS,
+    composite_scores,
+    pesq_wb,
+    pesq_wb_checked,
+    score_many,
+    score_pair,
+    segmental_snr,
+    si_sdr,
+    stoi,
+)
 from mbsnet.metrics.composite import llr_frames, num_frames, wss_frames
 
 FIXTURES = Path(__file__).parent / "data" / "metrics"

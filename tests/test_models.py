@@ -17,9 +17,21 @@ from mbsnet.cli import main
 from mbsnet.commands.params import format_table
 from mbsnet.config import load_config
 from mbsnet.errors import ConfigError, MbsnetError
-from mbsnet.models import (BAND_WIDTHS, BiMambaLayer, Discriminator, FeatureMLPLayer, LSTMLayer,
-                           MambaBlock, MambaLayer, apply_mask, build_model, count_parameters,
-                           decoder_expansions, load_model, save_model)
+from mbsnet.models import (
+    BAND_WIDTHS,
+    BiMambaLayer,
+    Discriminator,
+    FeatureMLPLayer,
+    LSTMLayer,
+    MambaBlock,
+    MambaLayer,
+    apply_mask,
+    build_model,
+    count_parameters,
+    decoder_expansions,
+    load_model,
+    save_model,
+)
 
 CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
 
@@ -362,7 +374,8 @@ def test_mamba_initialisation():
     assert dt.max() / dt.min() > 10          # spread log-uniformly, not constant
     torch.testing.assert_close(block.A_log, torch.arange(1., 7.).log().expand(32, 6))
     assert torch.equal(block.D, torch.ones(32))
-    assert block.conv.groups == 32 and block.conv.kernel_size == (4,) and block.conv.bias is not None
+    assert block.conv.groups == 32 and block.conv.kernel_size == (4,)
+    assert block.conv.bias is not None
     assert block.in_proj.bias is None and block.x_proj.bias is None and block.out_proj.bias is None
 
 

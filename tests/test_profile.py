@@ -20,8 +20,15 @@ from mbsnet.audio import HOP, SAMPLE_RATE
 from mbsnet.cli import main
 from mbsnet.config import load_config
 from mbsnet.models import N_BANDS, build_model, count_parameters
-from mbsnet.profiling import (ProfileOptions, count_inference_flops, lstm_flops,
-                              measure_step_memory, probe_batch, profile_ablation, scan_flops)
+from mbsnet.profiling import (
+    ProfileOptions,
+    count_inference_flops,
+    lstm_flops,
+    measure_step_memory,
+    probe_batch,
+    profile_ablation,
+    scan_flops,
+)
 from mbsnet.profiling.memory import tensor_bytes
 from mbsnet.profiling.profile import MemoryBudgetError, check_budget
 

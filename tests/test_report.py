@@ -12,7 +12,6 @@ import select
 import shutil
 import subprocess
 import time
-from markupsafe import escape   # as Jinja2 escapes
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -20,11 +19,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from markupsafe import escape  # as Jinja2 escapes
 
+from mbsnet import stats
 from mbsnet.cli import main
 from mbsnet.config import config_hash, load_config
-from mbsnet import stats
 from mbsnet.report import collect, render
+
 from .report_fixture import make_results_tree
 
 CHROMIUM = "/usr/bin/chromium"
@@ -437,7 +438,8 @@ def load_in_chromium(page: Path, tmp_path: Path, screenshot: Path) -> tuple[int,
                 details = params["exceptionDetails"]
                 problems.append(f"{details.get('text')}: "
                                 f"{details.get('exception', {}).get('description', '')}")
-            elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "warning", "assert"):
+            elif (method == "Runtime.consoleAPICalled"
+                  and params.get("type") in ("error", "warning", "assert")):
                 problems.append(f"console.{params['type']}: {params.get('args')}")
             elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
                 problems.append(f"log: {params['entry'].get('text')}")
@@ -464,7 +466,8 @@ def test_page_in_headless_chromium(report, tmp_path, chromium):
     rows, problems = load_in_chromium(report, tmp_path, screenshot)
     assert problems == []
     assert rows == len(ALL) + 1
-    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 20_000
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert screenshot.stat().st_size > 20_000
     keep = os.environ.get("MBSNET_REPORT_SCREENSHOT")   # to look at it: a path to copy it to
     if keep:
         shutil.copy(screenshot, keep)

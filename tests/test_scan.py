@@ -22,7 +22,8 @@ def make_inputs(batch, length, dim, d_state, dtype=torch.float32, seed=0):
     """Inputs shaped and scaled as the Mamba block produces them (Δ > 0, A < 0)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, length, dim, generator=g, dtype=dtype)
-    delta = torch.nn.functional.softplus(torch.randn(batch, length, dim, generator=g, dtype=dtype) - 1)
+    noise = torch.randn(batch, length, dim, generator=g, dtype=dtype)
+    delta = torch.nn.functional.softplus(noise - 1)
     A = -torch.exp(torch.randn(dim, d_state, generator=g, dtype=dtype))
     B = torch.randn(batch, length, d_state, generator=g, dtype=dtype)
     C = torch.randn(batch, length, d_state, generator=g, dtype=dtype)
@@ -174,7 +175,8 @@ def _kernel_layout_scan(u, delta, A, B, C, D):
 
 
 def test_cuda_wrapper_layout_on_cpu(monkeypatch):
-    """The mamba_ssm wrapper transposes to the kernel's layout and back (checked with a stand-in)."""
+    """The mamba_ssm wrapper transposes to the kernel's layout and back (checked with a
+    stand-in)."""
     monkeypatch.setattr(scan, "_mamba_ssm_scan", lambda: _kernel_layout_scan)
     inputs = make_inputs(2, 9, 3, 4, seed=7)
     y, grads = forward_and_grads(scan._cuda_scan, inputs)
@@ -201,7 +203,8 @@ def test_benchmark_quick_smoke(tmp_path):
                            "--json", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(out.read_text())
-    impls = {"mbsnet", "upstream_loop"} | ({"mambapy"} if importlib.util.find_spec("mambapy") else set())
+    has_mambapy = importlib.util.find_spec("mambapy") is not None
+    impls = {"mbsnet", "upstream_loop"} | ({"mambapy"} if has_mambapy else set())
     assert {r["implementation"] for r in rows} == impls
     assert {r["mode"] for r in rows} == {"fwd", "fwd_bwd"}
     assert {r["threads"] for r in rows} == {1, 2}

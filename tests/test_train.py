@@ -23,7 +23,8 @@ from mbsnet.errors import ConfigError, DataError, MbsnetError
 from mbsnet.metrics import pesq_wb
 from mbsnet.models import load_model
 from mbsnet.train import checkpoint as ckpt
-from mbsnet.train import loop, trainer as trainer_module
+from mbsnet.train import loop
+from mbsnet.train import trainer as trainer_module
 from mbsnet.train.discriminator_targets import PesqScorer, metric_targets, normalised_pesq
 from mbsnet.train.losses import compressed_magnitude, discriminator_loss, reconstruction_loss
 from mbsnet.train.trainer import Trainer, autocast_dtype
@@ -78,10 +79,10 @@ def write_corpus(root: Path) -> Path:
     for index, (split, utt, speaker) in enumerate(plan):
         clean = speechlike(0.7, 110 + 20 * index, index)
         noise = np.random.default_rng(100 + index).normal(0, 0.03, clean.shape)
-        for kind, signal in (("clean", clean), ("noisy", clean + noise)):
+        for kind, samples in (("clean", clean), ("noisy", clean + noise)):
             path = root / split / kind / f"{utt}.wav"
             path.parent.mkdir(parents=True, exist_ok=True)
-            sf.write(path, np.clip(signal, -1, 1), SR, subtype="PCM_16")
+            sf.write(path, np.clip(samples, -1, 1), SR, subtype="PCM_16")
         rows.append("\t".join((utt, split, speaker, "white", "10.0", "0.7",
                                f"{split}/clean/{utt}.wav", f"{split}/noisy/{utt}.wav")))
     manifest = root / "manifest.tsv"

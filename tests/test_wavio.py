@@ -7,8 +7,15 @@ import pytest
 import soundfile as sf
 
 from mbsnet.errors import DataError
-from mbsnet.wavio import (SAMPLE_RATE, audio_info, read_16k, read_16k_mono, read_audio,
-                          write_pcm16, write_wav_16k)
+from mbsnet.wavio import (
+    SAMPLE_RATE,
+    audio_info,
+    read_16k,
+    read_16k_mono,
+    read_audio,
+    write_pcm16,
+    write_wav_16k,
+)
 
 
 def test_write_pcm16_writes_exact_samples_behind_a_plain_header(tmp_path):

@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         from ..models import load_model
 
-        model, info = load_model(args.model, map_location=select_device(args.device, key="--device"))
+        device = select_device(args.device, key="--device")
+        model, info = load_model(args.model, map_location=device)
         summary = evaluate(args.data, args.out, model=model, system=info["ablation"],
                            split=args.split, workers=args.workers, save_wavs=args.save_wavs)
     overall = summary["overall"]

@@ -12,7 +12,8 @@ HELP = "Print the parameter count of every configured ablation (total and per mo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="config.yaml", help="config file (default: %(default)s)")
+    parser.add_argument("--config", default="config.yaml",
+                        help="config file (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 

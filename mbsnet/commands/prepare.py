@@ -21,8 +21,10 @@ CORPUS_FORMAT = 1  # bump when a code change alters the prepared files
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="config.yaml", help="config file (default: %(default)s)")
-    parser.add_argument("--out", default="results/data", help="output folder (default: %(default)s)")
+    parser.add_argument("--config", default="config.yaml",
+                        help="config file (default: %(default)s)")
+    parser.add_argument("--out", default="results/data",
+                        help="output folder (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=None,
                         help="processes for mixing/resampling (default: resources.threads)")
     parser.add_argument("--force", action="store_true",

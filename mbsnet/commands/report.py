@@ -13,7 +13,8 @@ HELP = ("Compare the ablations: results/report.html (self-contained), with summa
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="config.yaml", help="pipeline config (default: %(default)s)")
+    parser.add_argument("--config", default="config.yaml",
+                        help="pipeline config (default: %(default)s)")
     parser.add_argument("--results", default="results", help="results tree (default: %(default)s)")
     parser.add_argument("--out", default=None,
                         help="HTML to write (default: RESULTS/report.html); summary.tsv and "

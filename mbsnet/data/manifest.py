@@ -91,10 +91,12 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
         bad = values.isna() & (frame[column].str.lower() != "nan")
         if column == "duration":
             bad |= ~(values > 0)
-        problems += [f"line {i + 2}: bad {column} {frame[column][i]!r}" for i in np.flatnonzero(bad)]
+        problems += [f"line {i + 2}: bad {column} {frame[column][i]!r}"
+                     for i in np.flatnonzero(bad)]
         frame[column] = values.astype(float)
     bad_split = ~frame["split"].isin(SPLITS)
-    problems += [f"line {i + 2}: unknown split {frame['split'][i]!r}" for i in np.flatnonzero(bad_split)]
+    problems += [f"line {i + 2}: unknown split {frame['split'][i]!r}"
+                 for i in np.flatnonzero(bad_split)]
     duplicated = frame["utt_id"][frame["utt_id"].duplicated()].tolist()
     problems += [f"duplicate utt_id {u!r}" for u in duplicated]
     if problems:

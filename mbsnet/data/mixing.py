@@ -91,7 +91,8 @@ def mix_pcm16(clean: np.ndarray, noise: np.ndarray, snr: float,
 
 def to_pcm16(x: np.ndarray) -> np.ndarray:
     """Float samples in [-1, 1) rounded to int16 (clipped at full scale)."""
-    return np.clip(np.round(np.asarray(x, dtype=np.float64) * 32768.0), -32768, 32767).astype(np.int16)
+    scaled = np.round(np.asarray(x, dtype=np.float64) * 32768.0)
+    return np.clip(scaled, -32768, 32767).astype(np.int16)
 
 
 def from_pcm16(x: np.ndarray) -> np.ndarray:

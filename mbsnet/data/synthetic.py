@@ -26,13 +26,13 @@ import numpy as np
 from scipy import signal
 
 from ..errors import ConfigError
+from ..progress import parallel_map
+from ..wavio import SAMPLE_RATE
 from . import espeak
 from .manifest import Row, choose_valid_speakers, write_pair
 from .mixing import mix_pcm16, scale_to_level
 from .noises import TEST_NOISES, TRAIN_NOISES, TalkerPool, colored, make_noise
-from ..progress import parallel_map
 
-SAMPLE_RATE = 16000
 ACCENTS = ("en-us", "en", "en-gb-scotland", "en-us-nyc", "en-gb-x-rp", "en-029",
            "en-gb-x-gbclan", "en-gb-x-gbcwmd")
 VARIANTS = tuple(f"m{i}" for i in range(1, 8)) + tuple(f"f{i}" for i in range(1, 6))

@@ -28,6 +28,7 @@ from ..progress import parallel_map
 from ..wavio import audio_info, read_16k_mono
 from .manifest import UNKNOWN_NOISE, Row, choose_valid_speakers, format_list, write_pair
 from .mixing import to_pcm16
+
 OFFICIAL_TRAIN = (("clean_trainset_28spk_wav", "noisy_trainset_28spk_wav"),
                   ("clean_trainset_56spk_wav", "noisy_trainset_56spk_wav"))
 OFFICIAL_TEST = ("clean_testset_wav", "noisy_testset_wav")
@@ -204,7 +205,8 @@ def fingerprint(root: str | Path) -> str:
     _, dirs = find_layout(root)
     digest = hashlib.sha256()
     files = log_files(root) + sorted(
-        p for pair in dirs.values() for d in pair for p in d.iterdir() if p.suffix.lower() == ".wav")
+        p for pair in dirs.values() for d in pair for p in d.iterdir()
+        if p.suffix.lower() == ".wav")
     for path in files:
         stat = path.stat()
         digest.update(f"{path.relative_to(root)}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())

@@ -13,8 +13,8 @@ from typing import Any, Union
 
 import numpy as np
 
-from ..progress import progress as show_progress
 from ..errors import DataError
+from ..progress import progress as show_progress
 from ..wavio import read_audio
 from .composite import composite_scores
 from .standard import pesq_wb_checked, si_sdr, stoi

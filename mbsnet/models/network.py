@@ -26,8 +26,9 @@ class BandSplitNet(nn.Module):
     Under bf16 autocast the STFT input and the complex mask stay float32 (and the
     Mamba scan runs in float32). With ``gradient_checkpointing`` every residual layer
     keeps only its input during training and recomputes the rest in backward (BSRNN at
-    batch 6, 2 s crops on the CPU: 3.24 -> 0.75 GB for the generator step, 1.4x the time). ``cpu_lstm_kernel`` is the
-    LSTM kernel for CPU training (see :class:`~mbsnet.models.layers.LSTMLayer`).
+    batch 6, 2 s crops on the CPU: 3.24 -> 0.75 GB for the generator step, 1.4x the time).
+    ``cpu_lstm_kernel`` is the LSTM kernel for CPU training (see
+    :class:`~mbsnet.models.layers.LSTMLayer`).
     """
 
     def __init__(self, spec: ModelSpec, *, gradient_checkpointing: bool = False,

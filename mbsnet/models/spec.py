@@ -72,7 +72,8 @@ def _boolean(value: Any, path: str) -> bool:
 
 def _choice(value: Any, choices: tuple[str, ...], path: str) -> str:
     if value not in choices:
-        raise ConfigError(f"{path}: unknown value {value!r} (expected one of: {', '.join(choices)})")
+        raise ConfigError(f"{path}: unknown value {value!r} "
+                          f"(expected one of: {', '.join(choices)})")
     return value
 
 

@@ -3,8 +3,7 @@ step time and real-time factor, checked against the memory budget before trainin
 
 from .flops import FlopCount, count_inference_flops, lstm_flops, scan_flops
 from .memory import MemoryReading, measure_step_memory, training_state
-from .profile import (MemoryBudgetError, ProfileOptions, check_budget, probe_batch,
-                      profile_ablation)
+from .profile import MemoryBudgetError, ProfileOptions, check_budget, probe_batch, profile_ablation
 from .timing import inference_rtf, median_seconds
 
 __all__ = [

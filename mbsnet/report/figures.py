@@ -57,7 +57,8 @@ def audio_uri(wave: np.ndarray, sample_rate: int, seconds: float = AUDIO_SECONDS
     return f"data:audio/wav;base64,{base64.b64encode(buf.getvalue()).decode()}"
 
 
-def training_curves(curves: dict[str, list[pd.DataFrame]], colors: dict[str, str]) -> Figure | Missing:
+def training_curves(curves: dict[str, list[pd.DataFrame]],
+                    colors: dict[str, str]) -> Figure | Missing:
     """Generator loss and validation PESQ per epoch, every ablation (and seed) on one axis."""
     if not curves:
         return Missing("no train_log.jsonl has epoch lines")

@@ -13,8 +13,8 @@ import jinja2
 import numpy as np
 import pandas as pd
 
-from ..atomic import write_text
 from .. import stats
+from ..atomic import write_text
 from . import collect, figures
 from .collect import COSTS, METRICS, HeadlineRow, Missing
 from .provenance import provenance
@@ -237,10 +237,11 @@ def _noise_context(results: collect.Results) -> list[dict[str, Any]]:
             continue
         systems = [c for c in table.columns if c != "n"]
         body = []
+        decimals = DECIMALS.get(metric, 2)
         for noise, values in table.iterrows():
             best = values[systems].max()
             body.append([Cell(str(noise)), Cell(str(int(values["n"])))] + [
-                Cell("—" if not np.isfinite(values[s]) else f"{values[s]:.{DECIMALS.get(metric, 2)}f}",
+                Cell("—" if not np.isfinite(values[s]) else f"{values[s]:.{decimals}f}",
                      "best" if values[s] == best and len(systems) > 1 else "")
                 for s in systems])
         tables.append({"title": METRICS[metric], "missing": "", "systems": systems, "rows": body})

@@ -12,7 +12,6 @@ import multiprocessing
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-
 from typing import TYPE_CHECKING
 
 import numpy as np

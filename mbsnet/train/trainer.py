@@ -15,8 +15,12 @@ from torch import nn
 from ..audio import istft, stft
 from ..models import Discriminator, build_model
 from .discriminator_targets import PesqScorer, metric_targets
-from .losses import (compressed_magnitude, discriminator_loss, metric_generator_loss,
-                     reconstruction_loss)
+from .losses import (
+    compressed_magnitude,
+    discriminator_loss,
+    metric_generator_loss,
+    reconstruction_loss,
+)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
