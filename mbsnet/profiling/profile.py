@@ -211,18 +211,20 @@ def check_budget(profile: Mapping[str, Any]) -> None:
     where = (f"measured on the CPU ({profile['device']}): no GPU here, so the budget check "
              "uses the CPU measurement of the same step's tensor memory"
              if on_cpu else f"measured on {profile['device']}")
-    checkpointing = ("" if profile.get("gradient_checkpointing")
-                     else ", or set training.gradient_checkpointing: true (each layer "
-                          "recomputes its activations in backward: less memory, more time)")
+    remedies = []
+    if not profile.get("gradient_checkpointing"):
+        remedies.append("set training.gradient_checkpointing: true (each layer recomputes its "
+                        "activations in backward: less memory, more time)")
     if (on_cpu and profile.get("cpu_lstm_kernel") == "onednn"
             and profile["flops_per_second_by_source"].get("lstm", 0) > 0):
-        checkpointing += (", or set training.cpu_lstm_kernel: native (oneDNN's LSTM "
-                          "allocates about twice the memory it uses)")
+        remedies.append("set training.cpu_lstm_kernel: native (oneDNN's LSTM allocates about "
+                        "twice the memory it uses)")
     raise MemoryBudgetError(
         f"ablation '{name}' needs {peak_mb / 1024:.2f} GB ({peak_mb:,.0f} MB) of memory for "
         f"one training step at batch_size {profile['batch_size']} and crop_seconds "
         f"{profile['crop_seconds']:g}, but resources.gpu_memory_gb allows {budget_gb:g} GB "
         f"({where}). To fit, lower training.batch_size or training.crop_seconds (for this "
         f"ablation only: ablations.{name}.training.batch_size / crop_seconds)"
-        f"{checkpointing}; or raise resources.gpu_memory_gb if the training GPU is larger. "
+        f"{''.join(', or ' + r for r in remedies)}; or raise resources.gpu_memory_gb if "
+        "the training GPU is larger. "
         "No profile was written and training was not started.")
