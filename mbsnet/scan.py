@@ -45,9 +45,22 @@ def selective_scan_reference(x: torch.Tensor, delta: torch.Tensor, A: torch.Tens
     return torch.stack(ys, dim=1) + x * D
 
 
+SCAN_MODES = ("exact", "as_coded")
+
+
+def scan_implementation(device: torch.device, mode: str = "exact") -> str:
+    """The name of the scan :func:`selective_scan` runs on ``device`` in ``mode``."""
+    if device.type == "cuda" and mode == "exact" and _mamba_ssm_scan() is not None:
+        return "mamba_ssm"
+    return "chunked"
+
+
 def selective_scan(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
-                   B: torch.Tensor, C: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
+                   B: torch.Tensor, C: torch.Tensor, D: torch.Tensor,
+                   mode: str = "exact") -> torch.Tensor:
     """The scan the Mamba block calls; always computed in float32, even under autocast."""
+    if mode != "exact":
+        raise NotImplementedError(f"scan mode {mode!r}")
     with torch.autocast(device_type=x.device.type, enabled=False):
         x, delta, A, B, C, D = (t.float() for t in (x, delta, A, B, C, D))
         if x.is_cuda and _mamba_ssm_scan() is not None:
