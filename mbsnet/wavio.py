@@ -32,14 +32,35 @@ def audio_info(path: str | Path) -> sf._SoundFileInfo:
         raise DataError(f"cannot read audio file {path}: {exc}") from exc
 
 
+def check_finite(samples: np.ndarray, where: str | Path, offset: int = 0) -> None:
+    """DataError naming ``where`` and the first NaN/Inf sample (frame index) if there is one.
+
+    Float WAV/FLAC files can hold NaN or Inf; treated as audio they would turn into garbage
+    (every sample -32768 after PCM conversion, metrics that look valid), so they stop here.
+    """
+    if samples.size == 0 or np.isfinite(samples).all():
+        return
+    per_frame = samples.reshape(samples.shape[0], -1)
+    finite = np.isfinite(per_frame)
+    bad = np.flatnonzero(~finite.all(axis=1))
+    first = int(bad[0])
+    value = per_frame[first][~finite[first]][0]
+    raise DataError(f"{where}: sample {offset + first} is {value} ({bad.size} non-finite "
+                    "samples); NaN/Inf audio cannot be processed")
+
+
 def read_audio(path: str | Path, *, dtype: str = "float64", start: int = 0, frames: int = -1,
                always_2d: bool = False) -> tuple[np.ndarray, int]:
     """Samples in [-1, 1] (channels last; 1-D for mono unless ``always_2d``) and the rate.
-    ``start``/``frames`` read a slice (``frames=-1``: to the end)."""
+    ``start``/``frames`` read a slice (``frames=-1``: to the end). NaN/Inf samples are a
+    DataError naming the file and the sample."""
     try:
-        return sf.read(str(path), start=start, frames=frames, dtype=dtype, always_2d=always_2d)
+        samples, rate = sf.read(str(path), start=start, frames=frames, dtype=dtype,
+                                always_2d=always_2d)
     except _READ_ERRORS as exc:
         raise DataError(f"cannot read audio file {path}: {exc}") from exc
+    check_finite(samples, path, offset=start)
+    return samples, rate
 
 
 def read_16k(path: str | Path, *, dtype: str = "float64", start: int = 0,
@@ -75,7 +96,9 @@ def write_pcm16(path: Path, samples: np.ndarray) -> None:
 
 
 def write_wav_16k(path: str | Path, samples: np.ndarray) -> None:
-    """Float samples as a 16 kHz mono PCM-16 WAV, atomically (clipped to [-1, 1])."""
+    """Float samples as a 16 kHz mono PCM-16 WAV, atomically (clipped to [-1, 1]).
+    Non-finite samples are a DataError and nothing is written."""
+    check_finite(np.asarray(samples), f"{path} (samples to write)")
     with atomic_path(path) as tmp:
         sf.write(str(tmp), np.clip(samples, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16",
                  format="WAV")

@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 
 from mbsnet.cli import main
+from mbsnet.errors import DataError
 from mbsnet.metrics import (
     METRICS,
     composite_scores,
@@ -25,6 +26,9 @@ from mbsnet.metrics import (
     stoi,
 )
 from mbsnet.metrics.composite import llr_frames, num_frames, wss_frames
+from mbsnet.metrics.score import _score_parallel
+from mbsnet.metrics.standard import pesq_segments
+from tests import scoring_crash
 
 FIXTURES = Path(__file__).parent / "data" / "metrics"
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
@@ -162,10 +166,114 @@ def test_composite_without_pesq_is_nan_but_keeps_ssnr():
         composite_scores(clean, degraded[:-1], 2.0)
 
 
-def test_different_lengths_are_truncated():
+def test_different_lengths_are_an_error_unless_trimmed():
     clean, degraded = load(NAMES[0])
-    row = score_pair(clean, np.r_[degraded, np.zeros(100)])
+    longer = np.r_[degraded, np.zeros(100)]
+    with pytest.raises(DataError, match=f"lengths differ: clean signal has {clean.size} "
+                       f"samples, degraded signal {clean.size + 100}; .*--trim"):
+        score_pair(clean, longer)
+    row = score_pair(clean, longer, trim=True)
     assert row["pesq_wb"] == pytest.approx(EXPECTED[NAMES[0]]["pesq_wb"], abs=1e-6)
+    failed, = score_many([(clean, longer)], progress=False)
+    assert all(math.isnan(failed[m]) for m in METRICS)
+    assert failed["error"].startswith("lengths differ")
+
+
+def test_cli_score_length_mismatch_and_trim(tmp_path, capsys):
+    clean, degraded = pair_paths(NAMES[0])
+    samples, rate = sf.read(degraded, dtype="float64")
+    longer = tmp_path / "longer.wav"
+    sf.write(longer, np.r_[samples, np.zeros(100)], rate, subtype="PCM_16")
+    assert main(["score", str(clean), str(longer)]) == 2
+    assert "lengths differ" in capsys.readouterr().err
+    assert main(["score", str(clean), str(longer), "--json", "--trim"]) == 0
+    values = json.loads(capsys.readouterr().out)
+    assert values["note"] == (f"scored the first {samples.size} samples only: {clean} has "
+                              f"{samples.size}, {longer} {samples.size + 100}")
+    assert values["pesq_wb"] == pytest.approx(EXPECTED[NAMES[0]]["pesq_wb"], abs=1e-3)
+
+
+def test_non_finite_samples_are_an_error_naming_the_sample(tmp_path, capsys):
+    clean, degraded = load(NAMES[0])
+    poisoned = degraded.copy()
+    poisoned[[500, 700]] = [np.nan, np.inf]
+    with pytest.raises(DataError, match=r"degraded signal: sample 500 is nan \(2 non-finite"):
+        score_pair(clean, poisoned)
+    row, = score_many([(clean, poisoned)], progress=False)
+    assert all(math.isnan(row[m]) for m in METRICS)
+    assert "sample 500 is nan" in row["error"]
+    path = tmp_path / "nan.wav"
+    sf.write(path, poisoned, 16000, subtype="FLOAT")
+    assert main(["score", str(pair_paths(NAMES[0])[0]), str(path)]) == 2
+    assert f"{path}: sample 500 is nan (2 non-finite samples)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("level", [0.0, 0.25])
+def test_silent_or_constant_degraded_gives_nan_with_reasons(level):
+    clean, _ = load(NAMES[0])
+    row = score_pair(clean, np.full_like(clean, level))
+    state = "digitally silent" if level == 0.0 else "constant"
+    for metric, label in (("stoi", "STOI"), ("estoi", "ESTOI"), ("si_sdr", "SI-SDR")):
+        assert math.isnan(row[metric])
+        assert f"{metric}: {label} undefined: the degraded signal is {state}" in row["error"]
+    assert math.isnan(row["pesq_wb"])
+    assert f"pesq_wb: No utterances detected (the degraded signal is {state})" in row["error"]
+    assert math.isfinite(row["ssnr"])  # frame SNRs of a silent estimate are defined
+
+
+def speech_like(seconds: float, seed: int = 0) -> np.ndarray:
+    """A 1 s burst of voiced noise every 2 s: one PESQ utterance per burst."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 16000)) / 16000
+    on = (t % 2.0) < 1.0
+    return on * (0.3 * np.sin(2 * np.pi * 200 * t) + 0.06 * rng.standard_normal(t.size))
+
+
+def long_pair(seconds: float) -> tuple[np.ndarray, np.ndarray]:
+    clean = speech_like(seconds)
+    return clean, clean + 0.01 * np.random.default_rng(1).standard_normal(clean.size)
+
+
+def test_a_200_s_pair_is_scored_segment_by_segment():
+    """100 utterances: the pesq package's C code segfaults beyond 50 of them."""
+    clean, degraded = long_pair(200)
+    row, = score_many([(clean, degraded)], workers=1, progress=False)
+    assert row["error"] == ""
+    assert all(math.isfinite(row[m]) for m in METRICS)
+    segments = pesq_segments(clean.size)
+    assert len(segments) == 7
+    expected = np.average([pesq_wb(clean[s], degraded[s]) for s in segments],
+                          weights=[s.stop - s.start for s in segments])
+    assert row["pesq_wb"] == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.slow
+def test_a_ten_minute_pair_is_scored_in_a_worker():
+    clean, degraded = long_pair(600)
+    row, = score_many([(clean, degraded)], workers=2, progress=False)
+    assert row["error"] == ""
+    assert all(math.isfinite(row[m]) for m in METRICS)
+
+
+def test_pesq_segments_cover_the_signal_in_equal_parts():
+    parts = pesq_segments(int(61 * 16000))
+    assert [(p.start, p.stop) for p in parts] == [(0, 325333), (325333, 650667),
+                                                  (650667, 976000)]
+    assert pesq_segments(100) == [slice(0, 100)]
+
+
+def test_a_dying_worker_costs_only_its_row(serial_scores):
+    clean, degraded = load(NAMES[0])
+    crashing = degraded.copy()
+    crashing[0] = scoring_crash.MARKER
+    pairs = [pair_paths(NAMES[0]), (clean, crashing), pair_paths(NAMES[1]),
+             pair_paths(NAMES[2])]
+    rows = list(_score_parallel(pairs, 2, 16000, scoring_crash.score_or_crash))
+    assert len(rows) == 4
+    assert all(math.isnan(rows[1][m]) for m in METRICS)
+    assert rows[1]["error"] == "the scoring process died (signal SIGSEGV) on an array"
+    for row, name in zip((rows[0], rows[2], rows[3]), NAMES[:3], strict=True):
+        assert_same_scores(row, serial_scores[name])
 
 
 def test_cli_score_json(capsys):
