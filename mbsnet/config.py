@@ -38,9 +38,27 @@ def _with_defaults(validator_class):
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
-def _key_path(error: jsonschema.ValidationError) -> str:
-    path = ".".join(str(p) for p in error.absolute_path)
+def _key_path(error: jsonschema.ValidationError, prefix: str = "") -> str:
+    path = ".".join([prefix] * bool(prefix) + [str(p) for p in error.absolute_path])
     return path or "<top level>"
+
+
+def _override_errors(resolved: Mapping[str, Any], schema: Mapping[str, Any]) -> list[str]:
+    """Every ablation's training overrides, merged over ``training``, checked like it.
+
+    The merged section is what the ablation trains with, so it must satisfy the same
+    schema (unknown keys, types, ranges); errors name ``ablations.NAME.training.KEY``.
+    """
+    validator = jsonschema.Draft202012Validator(schema["properties"]["training"])
+    lines = []
+    for name, entry in resolved["ablations"].items():
+        if not entry.get("training"):
+            continue
+        merged = _deep_merge(resolved["training"], entry["training"])
+        prefix = f"ablations.{name}.training"
+        for error in sorted(validator.iter_errors(merged), key=lambda e: list(e.path)):
+            lines.append(f"  {_key_path(error, prefix)}: {error.message}")
+    return lines
 
 
 def validate_config(config: Mapping[str, Any], source: str = "config") -> dict:
@@ -52,9 +70,12 @@ def validate_config(config: Mapping[str, Any], source: str = "config") -> dict:
     schema = load_schema()
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(resolved), key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = [f"  {_key_path(e)}: {e.message}" for e in errors[:10]]
-        raise ConfigError(f"{source} is not a valid mbsnet config:\n" + "\n".join(lines))
+    lines = [f"  {_key_path(e)}: {e.message}" for e in errors]
+    if not errors:
+        lines = _override_errors(resolved, schema)
+    if lines:
+        raise ConfigError(f"{source} is not a valid mbsnet config:\n" + "\n".join(lines[:10]))
+    _check_validation_split(resolved, source)
     baseline = resolved.get("report", {}).get("baseline")
     named = "baseline" in (config.get("report") or {})
     if baseline is not None and baseline not in resolved["ablations"] and named:
@@ -63,6 +84,19 @@ def validate_config(config: Mapping[str, Any], source: str = "config") -> dict:
             f"({', '.join(resolved['ablations'])})"
         )
     return resolved
+
+
+def _check_validation_split(resolved: Mapping[str, Any], source: str) -> None:
+    """Training on ``validate_on: valid`` needs held-out speakers; say so before any work."""
+    held_out = resolved["data"]["valid_speakers"]
+    if held_out:
+        return
+    for name in resolved["ablations"]:
+        if ablation_config(resolved, name)["training"]["validate_on"] == "valid":
+            raise ConfigError(
+                f"{source}: data.valid_speakers is {held_out!r}, so there is no validation "
+                f"split, but ablation '{name}' validates on it (training.validate_on: valid); "
+                "hold out at least one training speaker or set training.validate_on: test")
 
 
 def load_config(path: str | Path) -> dict:
