@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .errors import MbsnetError
+
 
 def _umask() -> int:
     umask = os.umask(0)
@@ -38,6 +40,19 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_writable(directory: str | Path) -> Path:
+    """Create ``directory`` if needed and prove a file can be made in it, before any work
+    whose result would go there; MbsnetError naming the directory otherwise."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise MbsnetError(f"cannot write to {directory}: {exc.strerror or exc}") from exc
+    return directory
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     except MbsnetError as exc:
         print(f"mbsnet {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # e.g. a write into a folder made read-only mid-run, a full disk
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"mbsnet {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

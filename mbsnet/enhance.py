@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .atomic import check_writable
 from .audio import HOP, istft, stft
 from .errors import DataError
-from .wavio import AUDIO_SUFFIXES, audio_info, read_16k_mono, write_wav_16k
+from .wavio import AUDIO_SUFFIXES, read_16k_mono, write_wav_16k
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -59,17 +61,30 @@ def audio_files(source: str | Path) -> list[Path]:
 def enhance_files(model: nn.Module, source: str | Path, out_dir: str | Path
                   ) -> Iterator[Path]:
     """Enhance a file or every audio file in a directory into ``out_dir/<stem>.wav``
-    (16 kHz mono); yields each written path. Every input's header is checked first, so
-    an unreadable file stops the run before any output appears."""
+    (16 kHz mono); yields each written path. Every input is read and checked first
+    (readable, not empty, finite samples) and every problem is reported together, so a bad
+    file stops the run before any output appears; the output folder must be writable."""
     files = audio_files(source)
-    for f in files:
-        audio_info(f)
     stems = [f.stem for f in files]
     if len(set(stems)) != len(stems):
         raise DataError(f"{source}: several input files share a name stem; outputs would clash")
+    problems = []
+    for f in files:
+        try:
+            read_16k_mono(f)
+        except DataError as exc:
+            problems.append(str(exc))
+    if problems:
+        listed = "\n  ".join(problems)
+        raise DataError(f"{len(problems)} of {len(files)} input file(s) cannot be enhanced, "
+                        f"nothing written:\n  {listed}")
+    check_writable(out_dir)
     for f in files:
         wave = read_16k_mono(f)
         enhanced = enhance_waveform(model, torch.from_numpy(wave)).numpy()
+        if not np.isfinite(enhanced).all():
+            raise DataError(f"{f}: the model's output has NaN/Inf samples; nothing written "
+                            "for it")
         target = Path(out_dir) / f"{f.stem}.wav"
         write_wav_16k(target, enhanced)
         yield target

@@ -26,3 +26,16 @@ def test_user_error_is_one_line_and_exit_code_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "mbsnet params: error:" in err and str(missing) in err
     assert "Traceback" not in err
+
+
+def test_a_failed_write_is_one_line_naming_the_path(monkeypatch, capsys):
+    """A folder made read-only mid-run: the OSError of the write, not a traceback."""
+    from mbsnet.commands import score
+
+    def fail(args):
+        raise PermissionError(13, "Permission denied", "results/abl1/profile.json")
+
+    monkeypatch.setattr(score, "run", fail)
+    assert main(["score", "a.wav", "b.wav"]) == 2
+    assert capsys.readouterr().err == (
+        "mbsnet score: error: Permission denied: results/abl1/profile.json\n")
