@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
+from .workers import die_with_parent
+
 T = TypeVar("T")
 
 
@@ -36,7 +38,8 @@ def parallel_map(fn: Callable[[Any], T], items: Sequence[Any], workers: int, des
     """``[fn(x) for x in items]`` in ``workers`` processes (in order), with progress.
 
     ``initializer(*initargs)`` runs once per worker process (or once here when
-    ``workers <= 1``): the place to hand large shared inputs to the workers.
+    ``workers <= 1``): the place to hand large shared inputs to the workers. The workers
+    die with this process, even when it is killed.
     """
     if workers <= 1 or len(items) <= 1:
         if initializer is not None:
@@ -45,5 +48,12 @@ def parallel_map(fn: Callable[[Any], T], items: Sequence[Any], workers: int, des
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     chunk = max(1, len(items) // (workers * 8))
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
-                             initializer=initializer, initargs=initargs) as pool:
+                             initializer=_start_worker,
+                             initargs=(initializer, initargs)) as pool:
         return list(progress(pool.map(fn, items, chunksize=chunk), len(items), desc))
+
+
+def _start_worker(initializer: Callable[..., None] | None, initargs: tuple) -> None:
+    die_with_parent()
+    if initializer is not None:
+        initializer(*initargs)

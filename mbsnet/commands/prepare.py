@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..atomic import atomic_dir, write_json
+from ..atomic import atomic_dir, check_writable, write_json
 from ..config import load_config
 from ..errors import ConfigError, DataError
 
@@ -93,6 +93,7 @@ def prepare_corpus(config: Mapping[str, Any], out: Path, workers: int = 1,
         print(f"prepare: {out} is up to date (made from the same data config); nothing to do",
               flush=True)
         return False
+    check_writable(out.parent)  # the corpus is built beside `out`, then renamed onto it
     if data["source"] == "synthetic":
         plan = synthetic.plan_corpus(data["synthetic"], data["valid_speakers"])
         write = functools.partial(synthetic.build, plan)
