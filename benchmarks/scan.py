@@ -1,6 +1,7 @@
 """Benchmark the selective scan: mbsnet's against the old loop and mambapy's parallel scan.
 
     python benchmarks/scan.py [--json FILE] [--quick]
+    python benchmarks/scan.py --count-ops [--json FILE] [--quick] [--cpu-shape BxLxDxN]
 
 Times forward and forward+backward (median of several runs after a warm-up) and measures the
 peak extra resident memory of each, for every implementation, shape, thread count and mode,
@@ -8,6 +9,14 @@ each in a fresh subprocess (--quick: one per implementation and thread count). P
 table; --json writes rows {implementation, shape, threads, mode: "fwd"|"fwd_bwd", median_ms,
 peak_mb}.
 "fwd" is the training forward (inputs require grad, so whatever backward needs is kept).
+
+--count-ops compares mbsnet's two PyTorch scans, ``chunked`` and ``parallel``, in both scan
+modes: the ATen operations of one forward and one backward, counted on meta tensors (so it
+runs anywhere; on a GPU each is a dispatch, mostly a kernel launch), beside the
+forward+backward time (median, 1 thread) and peak extra memory of the same scan on the CPU
+at --cpu-shape (default: the same shape), each in a fresh subprocess (--quick: in this one).
+Rows {implementation, path, scan_mode, shape, ops_fwd, ops_bwd, cpu_shape, cpu_fwd_bwd_ms,
+cpu_peak_mb}.
 """
 
 from __future__ import annotations
@@ -23,6 +32,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 SHAPES = {  # (batch, length, dim, d_state)
     "intra-band": (186, 251, 128, 16),
@@ -42,8 +54,6 @@ QUICK_REPEATS = (1, 2)
 def upstream_loop(x, delta, A, B, C, D, chunk=64):
     """The old algorithm: exp(Δ·A) materialised per 64-step chunk as [batch, chunk, D, N],
     a Python loop over the steps inside it, autograd through everything (clamps left out)."""
-    import torch
-
     h = x.new_zeros(x.shape[0], x.shape[2], A.shape[1])
     ys = []
     for t0 in range(0, x.shape[1], chunk):
@@ -58,7 +68,6 @@ def upstream_loop(x, delta, A, B, C, D, chunk=64):
 
 def mambapy_scan(x, delta, A, B, C, D):
     """mambapy's parallel (Blelloch) scan over the full [batch, length, D, N] tensors."""
-    import torch
     from mambapy.pscan import pscan
 
     decay = torch.exp(delta[..., None] * A)
@@ -74,6 +83,48 @@ def mbsnet_scan(x, delta, A, B, C, D):
 
 
 IMPLEMENTATIONS = {"mbsnet": mbsnet_scan, "upstream_loop": upstream_loop, "mambapy": mambapy_scan}
+
+SCAN_PATHS = {"chunked": "CPU default", "parallel": "CUDA default without mamba_ssm"}
+
+
+def scan_function(name: str):
+    """``chunked:exact``, ``parallel:as_coded``, ...: that scan Function called in that mode."""
+    from mbsnet.scan import FUNCTIONS
+
+    impl, mode = name.split(":")
+    return lambda *inputs: FUNCTIONS[impl].apply(*inputs, mode)
+
+
+def implementation(name: str):
+    return IMPLEMENTATIONS[name] if name in IMPLEMENTATIONS else scan_function(name)
+
+
+# --- ATen operations per call ---------------------------------------------------------------
+
+class OpCounter(TorchDispatchMode):
+    """Counts every ATen operation dispatched while it is active (views included)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(fn, shape: tuple[int, int, int, int]) -> tuple[int, int]:
+    """(forward, backward) ATen operations of fn(x, delta, A, B, C, D) on meta tensors."""
+    batch, length, dim, n = shape
+    sizes = [(batch, length, dim), (batch, length, dim), (dim, n), (batch, length, n),
+             (batch, length, n), (dim,)]
+    inputs = [torch.empty(size, device="meta", requires_grad=True) for size in sizes]
+    with OpCounter() as forward:
+        y = fn(*inputs)
+    grad = torch.ones_like(y)
+    with OpCounter() as backward:
+        y.backward(grad)
+    return forward.count, backward.count
 
 
 # --- one measurement, in its own process ----------------------------------------------------
@@ -101,7 +152,6 @@ def _reset_peak() -> float:
 
 def make_inputs(shape: tuple[int, int, int, int]) -> list:
     """Inputs as the Mamba block feeds them at initialisation, all requiring grad."""
-    import torch
 
     torch.manual_seed(0)
     batch, length, dim, n = shape
@@ -117,10 +167,9 @@ def measure(impl: str, shape: tuple[int, int, int, int], threads: int, warmup: i
             modes: list[str]) -> list[dict]:
     """Time these modes of one implementation; peak memory is that of the first full-size
     run, above the inputs."""
-    import torch
 
     torch.set_num_threads(threads)
-    fn = IMPLEMENTATIONS[impl]
+    fn = implementation(impl)
 
     def run(mode: str, inputs: list) -> None:
         y = fn(*inputs)
@@ -167,6 +216,21 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def ops_table(rows: list[dict]) -> str:
+    """A markdown table of --count-ops rows, with each row's operations against chunked's."""
+    chunked = {(r["shape"], r["scan_mode"]): r["ops_fwd"] + r["ops_bwd"]
+               for r in rows if r["implementation"] == "chunked"}
+    lines = ["| implementation | path | scan mode | shape | ops fwd | ops bwd | ops vs chunked "
+             "| CPU shape | CPU fwd+bwd ms | CPU peak MB |",
+             "|---|---|---|---|---:|---:|---:|---|---:|---:|"]
+    for r in rows:
+        ratio = chunked[r["shape"], r["scan_mode"]] / (r["ops_fwd"] + r["ops_bwd"])
+        lines.append(f"| {r['implementation']} | {r['path']} | {r['scan_mode']} | {r['shape']} "
+                     f"| {r['ops_fwd']} | {r['ops_bwd']} | 1/{ratio:.1f} | {r['cpu_shape']} "
+                     f"| {r['cpu_fwd_bwd_ms']:.1f} | {r['cpu_peak_mb']:.1f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="write the rows to this JSON file")
@@ -174,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="tiny shapes, few repeats (smoke test)")
     parser.add_argument("--only", nargs="+", choices=sorted(IMPLEMENTATIONS),
                         help="run only these implementations")
+    parser.add_argument("--count-ops", action="store_true",
+                        help="ATen operations per call of the chunked and parallel scans")
+    parser.add_argument("--cpu-shape", metavar="BxLxDxN",
+                        help="--count-ops: measure CPU time and memory at this shape")
     parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS,
                         metavar=("IMPL", "SHAPES", "THREADS", "REPEATS", "MODES"))
     args = parser.parse_args(argv)
@@ -187,33 +255,57 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows))
         return 0
 
-    impls = args.only or list(IMPLEMENTATIONS)
-    if "mambapy" in impls and importlib.util.find_spec("mambapy") is None:
-        print("mambapy not installed (pip install mbsnet[bench]): skipping it", file=sys.stderr)
-        impls.remove("mambapy")
+    root = str(Path(__file__).resolve().parents[1])
+    sys.path.insert(0, root)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+
+    def worker(impl: str, shape: str, threads: int, repeats: tuple[int, int],
+               mode: str) -> list[dict]:
+        cmd = [sys.executable, __file__, "--worker", impl, shape, str(threads),
+               "{},{}".format(*repeats), mode]
+        print(f"{impl} {shape} threads={threads} {mode} ...", flush=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            sys.stderr.write(proc.stderr)
+            raise SystemExit(proc.returncode)
+        return json.loads(proc.stdout.splitlines()[-1])
+
     shapes = ["x".join(map(str, s)) for s in (QUICK_SHAPES if args.quick else SHAPES).values()]
-    modes = list(MODES)
-    if args.quick:  # one process for all tiny cases: a smoke test, not a memory measurement
-        shapes, modes = [",".join(shapes)], [",".join(modes)]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
-    rows = []
-    for shape in shapes:
-        for threads in THREADS:
-            for impl in impls:
-                warmup, runs = QUICK_REPEATS if args.quick else REPEATS[impl]
-                for mode in modes:
-                    cmd = [sys.executable, __file__, "--worker", impl, shape, str(threads),
-                           f"{warmup},{runs}", mode]
-                    print(f"{impl} {shape} threads={threads} {mode} ...", flush=True)
-                    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-                    if proc.returncode != 0:
-                        sys.stderr.write(proc.stderr)
-                        return proc.returncode
-                    rows.extend(json.loads(proc.stdout.splitlines()[-1]))
-    print(table(rows))
+    if args.count_ops:
+        rows = []
+        for shape in shapes:
+            cpu_shape = args.cpu_shape or shape
+            for impl in SCAN_PATHS:
+                for scan_mode in ("exact", "as_coded"):
+                    name = f"{impl}:{scan_mode}"
+                    ops_fwd, ops_bwd = count_ops(scan_function(name),
+                                                 tuple(map(int, shape.split("x"))))
+                    if args.quick:  # in this process: a smoke test, not a memory measurement
+                        timed = measure(name, tuple(map(int, cpu_shape.split("x"))), 1,
+                                        *QUICK_REPEATS, ["fwd_bwd"])[0]
+                    else:
+                        timed = worker(name, cpu_shape, 1, (1, 3), "fwd_bwd")[0]
+                    rows.append({"implementation": impl, "path": SCAN_PATHS[impl],
+                                 "scan_mode": scan_mode, "shape": shape, "ops_fwd": ops_fwd,
+                                 "ops_bwd": ops_bwd, "cpu_shape": cpu_shape,
+                                 "cpu_fwd_bwd_ms": timed["median_ms"],
+                                 "cpu_peak_mb": timed["peak_mb"]})
+        print(ops_table(rows))
+    else:
+        impls = args.only or list(IMPLEMENTATIONS)
+        if "mambapy" in impls and importlib.util.find_spec("mambapy") is None:
+            print("mambapy not installed (pip install mbsnet[bench]): skipping it",
+                  file=sys.stderr)
+            impls.remove("mambapy")
+        modes = list(MODES)
+        if args.quick:  # one process for all tiny cases: a smoke test, not a memory measurement
+            shapes, modes = [",".join(shapes)], [",".join(modes)]
+        rows = [row for shape in shapes for threads in THREADS for impl in impls
+                for mode in modes
+                for row in worker(impl, shape, threads,
+                                  QUICK_REPEATS if args.quick else REPEATS[impl], mode)]
+        print(table(rows))
     if args.json:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
         from mbsnet.atomic import write_json
 
         write_json(args.json, rows)
