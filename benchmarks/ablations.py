@@ -1,7 +1,7 @@
 """Benchmark every configured ablation side by side with `mbsnet profile`.
 
     python benchmarks/ablations.py [--config config.yaml] [--json FILE] [--quick]
-        [--batch-size 6 --crop-seconds 2]
+        [--batch-size 6 --crop-seconds 2] [--scan exact|both]
 
 Each ablation is profiled in a fresh subprocess (`python -m mbsnet profile ...
 --no-budget-check`, so an ablation over the memory budget is still measured) on the
@@ -13,6 +13,10 @@ checks the targets of issue 7:
 - every Mamba ablation's training step at most 1.5x BSRNN's, measured in the same run;
 - every ablation's peak training memory below the original implementation's figure
   (only comparable at batch 6 and 2 s crops, the setting the originals were measured at).
+
+With ``--scan both`` every Mamba ablation is also profiled with ``scan: as_coded`` (the
+original code's arithmetic) as ``NAME_as_coded``, and that row is compared with its exact
+twin: its training step and peak memory at most 1.2x the exact scan's.
 
 --quick profiles at batch 1 and 0.5 s crops with a single step of each kind: a smoke
 test of the machinery, not figures to compare.
@@ -37,9 +41,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mbsnet.config import ablation_config, load_config  # noqa: E402
+from mbsnet.models import parse_model_config  # noqa: E402
 
 BASELINE = "bsrnn"
 STEP_RATIO_TARGET = 1.5
+AS_CODED_RATIO_TARGET = 1.2   # as_coded scan vs exact: training step and peak memory
 # The original implementations, once, on this 2-core CPU (loaded) at batch 6 and 2 s crops:
 # training-step seconds (generator forward/backward) and peak training memory in GB.
 ORIGINAL = {
@@ -64,6 +70,32 @@ def config_at(config_path: Path, workdir: Path, batch_size: int, crop_seconds: f
     return path
 
 
+def with_as_coded_twins(config_path: Path, workdir: Path, names: list[str]
+                        ) -> tuple[Path, dict[str, str]]:
+    """A copy of the config with an as_coded twin (``NAME_as_coded``, the same model with
+    ``scan: as_coded``) of every Mamba ablation among ``names`` whose scan is exact.
+
+    Returns the copy and {twin: exact ablation}; a twin already configured under that name
+    is profiled as it is.
+    """
+    raw = yaml.safe_load(config_path.read_text())
+    ablations = raw["ablations"]
+    twins = {}
+    for name in names:
+        spec = parse_model_config(ablations[name]["model"], f"ablations.{name}.model")
+        if not spec.has_mamba or spec.scan != "exact":
+            continue
+        twin = f"{name}_as_coded"
+        if twin not in ablations:
+            entry = json.loads(json.dumps(ablations[name]))
+            entry["model"]["scan"] = "as_coded"
+            ablations[twin] = entry
+        twins[twin] = name
+    path = workdir / f"{config_path.stem}-as_coded.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path, twins
+
+
 def profile_one(config: Path, name: str, out: Path, args: argparse.Namespace) -> dict:
     """Run `mbsnet profile` for one ablation in a fresh process; its profile.json, or an
     ``error`` entry when it failed."""
@@ -83,11 +115,31 @@ def profile_one(config: Path, name: str, out: Path, args: argparse.Namespace) ->
     return {**json.loads(out.read_text()), "wall_seconds": wall}
 
 
-def with_targets(rows: list[dict], comparable: bool) -> None:
-    """Add the original figures and the target verdicts to each row (in place)."""
+def beside_their_twins(names: list[str], twins: dict[str, str]) -> list[str]:
+    """``names`` with each ablation followed by its as_coded twin, every name once."""
+    ordered: list[str] = []
+    for name in names:
+        for item in (name, *(twin for twin, exact in twins.items() if exact == name)):
+            if item not in ordered:
+                ordered.append(item)
+    return ordered
+
+
+def with_targets(rows: list[dict], comparable: bool, twins: dict[str, str] | None = None) -> None:
+    """Add the original figures and the target verdicts to each row (in place); an as_coded
+    twin (``twins``: {twin: exact ablation}) is also compared with its exact ablation."""
+    twins = twins or {}
     base = next((r for r in rows if r["ablation"] == BASELINE and "error" not in r), None)
+    by_name = {r["ablation"]: r for r in rows if "error" not in r}
     for row in rows:
-        original = ORIGINAL.get(row["ablation"])
+        exact = by_name.get(twins.get(row["ablation"]))
+        if exact is not None and "error" not in row:
+            row["exact_twin"] = exact["ablation"]
+            row["step_vs_exact"] = row["train_step_seconds"] / exact["train_step_seconds"]
+            row["peak_vs_exact"] = row["peak_train_memory_mb"] / exact["peak_train_memory_mb"]
+            row["as_coded_target_met"] = max(row["step_vs_exact"],
+                                             row["peak_vs_exact"]) <= AS_CODED_RATIO_TARGET
+        original = ORIGINAL.get(twins.get(row["ablation"], row["ablation"]))
         row["original_step_seconds"], row["original_peak_gb"] = original or (None, None)
         if "error" in row:
             continue
@@ -114,7 +166,8 @@ def _verdict(row: dict, key: str) -> str:
 
 def table(rows: list[dict]) -> str:
     header = ("ablation", "params", "claimed", "GMAC/s", "peak mem", "step s", "x bsrnn",
-              "RTF", "orig step s", "orig peak", "step<=1.5x", "peak<orig", "profile s")
+              "RTF", "orig step s", "orig peak", "step<=1.5x", "peak<orig", "step x exact",
+              "peak x exact", "<=1.2x exact", "profile s")
     lines = [header]
     for r in rows:
         if "error" in r:
@@ -130,7 +183,8 @@ def table(rows: list[dict]) -> str:
             f"{r['inference_rtf']:.3f}", _cell(r["original_step_seconds"], ".1f"),
             _cell(r["original_peak_gb"], ".1f") + (" GB" if r["original_peak_gb"] else ""),
             _verdict(r, "step_target_met"), _verdict(r, "memory_target_met"),
-            f"{r['wall_seconds']:.0f}"))
+            _cell(r.get("step_vs_exact"), ".2f"), _cell(r.get("peak_vs_exact"), ".2f"),
+            _verdict(r, "as_coded_target_met"), f"{r['wall_seconds']:.0f}"))
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     out = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
@@ -159,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-steps", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3, help="timed steps (median reported)")
     parser.add_argument("--inference-runs", type=int, default=3)
+    parser.add_argument("--scan", choices=("exact", "both"), default="exact",
+                        help="both: also profile every Mamba ablation with scan: as_coded")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="mbsnet-ablations-") as tmp:
@@ -174,6 +230,11 @@ def main(argv: list[str] | None = None) -> int:
                                     args.crop_seconds or base["crop_seconds"])
         config = load_config(config_path)
         names = args.ablations or list(config["ablations"])
+        twins: dict[str, str] = {}
+        if args.scan == "both":
+            config_path, twins = with_as_coded_twins(config_path, workdir, names)
+            config = load_config(config_path)
+            names = beside_their_twins(names, twins)
         settings = {(ablation_config(config, n)["training"]["batch_size"],
                      ablation_config(config, n)["training"]["crop_seconds"]) for n in names}
         comparable = settings == {ORIGINAL_SETTING}
@@ -182,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, name in enumerate(names, 1):
             print(f"== {name} ({i}/{len(names)})", file=sys.stderr, flush=True)
             rows.append(profile_one(config_path, name, workdir / f"{name}.json", args))
-    with_targets(rows, comparable)
+    with_targets(rows, comparable, twins)
 
     print(table(rows))
     batch, crop = sorted(settings)[0] if len(settings) == 1 else ("mixed", "mixed")
@@ -191,13 +252,18 @@ def main(argv: list[str] | None = None) -> int:
           f"implementations at batch 6, 2 s crops (step: generator forward/backward).")
     if not comparable:
         print("Not at batch 6 / 2 s crops: the memory target is not checked.")
+    if twins:
+        print(f"NAME_as_coded: NAME with scan: as_coded; x exact: its step and peak over "
+              f"NAME's (target <= {AS_CODED_RATIO_TARGET}x).")
     print(f"Load average before: {before['load_average']}, after: {machine()['load_average']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         report = {"machine": before, "load_average_after": machine()["load_average"],
                   "config": str(args.config), "quick": args.quick, "batch_size": batch,
                   "crop_seconds": crop, "comparable_to_original": comparable,
-                  "step_ratio_target": STEP_RATIO_TARGET, "rows": rows}
+                  "step_ratio_target": STEP_RATIO_TARGET,
+                  "as_coded_ratio_target": AS_CODED_RATIO_TARGET, "as_coded_twins": twins,
+                  "rows": rows}
         args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
     return 1 if any("error" in r for r in rows) else 0
 

@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 
 from mbsnet.audio import HOP, N_BINS, SAMPLE_RATE, stft
 from mbsnet.cli import main
 from mbsnet.commands.params import format_table
-from mbsnet.config import load_config
+from mbsnet.config import load_config, validate_config
 from mbsnet.errors import ConfigError, MbsnetError
 from mbsnet.models import (
     BAND_WIDTHS,
@@ -43,6 +44,8 @@ ORIGINAL_PARAMS = {
     "abl3": 3_201_424,
     "optimized": 2_139_920,
 }
+# Every ablation of config.yaml: the as-coded twin has its model's parameters (and names).
+CONFIG_PARAMS = {**ORIGINAL_PARAMS, "optimized_as_coded": ORIGINAL_PARAMS["optimized"]}
 
 # Every kind of layer, on both axes, at a size that keeps the slow reference scan quick.
 TINY = {
@@ -75,11 +78,11 @@ def noisy_spec(batch: int, samples: int, seed: int = 0) -> torch.Tensor:
 
 # --- fidelity -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", sorted(ORIGINAL_PARAMS))
+@pytest.mark.parametrize("name", sorted(CONFIG_PARAMS))
 def test_parameter_counts_match_the_original_implementations(config, name):
     model = build_model(config["ablations"][name]["model"])
     counts = count_parameters(model)
-    assert counts["total"] == ORIGINAL_PARAMS[name]
+    assert counts["total"] == CONFIG_PARAMS[name]
     assert sum(counts["per_module"].values()) == counts["total"]
     assert set(counts["per_module"]) >= {"band_split", "layers", "decoder"}
 
@@ -257,9 +260,23 @@ CHECKPOINTED = {"channels": 8, "decoder": "lightweight", "stages": [{"blocks": [
     {"type": "mlp", "axis": "band"}]}]}
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+def test_as_coded_variant_trains_without_its_unused_skip_parameter(config):
+    """As coded, the learned D is never used (the skip gain is d_inner): every other
+    parameter gets a finite gradient, D none at all."""
     torch.manual_seed(0)
-    cfg = CHECKPOINTED
+    model = build_model(config["ablations"]["optimized_as_coded"]["model"]).train()
+    spec = noisy_spec(2, 7 * HOP)
+    (model(spec) - spec).abs().mean().backward()
+    without_grad = sorted(name for name, p in model.named_parameters() if p.grad is None)
+    assert without_grad == [f"layers.{i}.block.D" for i in range(4)]
+    for name, p in model.named_parameters():
+        assert p.grad is None or torch.isfinite(p.grad).all(), name
+
+
+@pytest.mark.parametrize("scan", ["exact", "as_coded"])
+def test_gradient_checkpointing_gives_the_same_gradients(scan):
+    torch.manual_seed(0)
+    cfg = {**CHECKPOINTED, "scan": scan}
     plain = build_model(cfg).train()
     ckpt = build_model(cfg, gradient_checkpointing=True).train()
     ckpt.load_state_dict(plain.state_dict())
@@ -267,7 +284,10 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     for model in (plain, ckpt):
         model(spec).abs().mean().backward()
     for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
-        torch.testing.assert_close(q.grad, p.grad, msg=name)
+        if scan == "as_coded" and name.endswith(".D"):
+            assert p.grad is None and q.grad is None, name
+        else:
+            torch.testing.assert_close(q.grad, p.grad, msg=name)
 
 
 @pytest.mark.parametrize("block", CHECKPOINTED["stages"][0]["blocks"],
@@ -379,6 +399,100 @@ def test_mamba_initialisation():
     assert block.in_proj.bias is None and block.x_proj.bias is None and block.out_proj.bias is None
 
 
+# abl1's network: N=128, one bidirectional time Mamba layer (two blocks).
+MAMBA_128 = {"channels": 128, "decoder": "uniform", "stages": [{"blocks": [
+    {"type": "mamba", "axis": "time", "bidirectional": True, "d_state": 16}]}]}
+ORIGINAL_INIT_KEYS = ("in_proj.weight", "x_proj.weight", "dt_proj.weight", "dt_proj.bias",
+                      "out_proj.weight")
+
+
+def _mamba_statistics(init: str) -> tuple[float, float]:
+    """(mean softplus(dt_proj.bias), in_proj weight std) over the Mamba blocks of MAMBA_128."""
+    torch.manual_seed(0)
+    blocks = build_model({**MAMBA_128, "init": init}).mamba_blocks()
+    dt = torch.cat([F.softplus(b.dt_proj.bias) for b in blocks])
+    in_proj = torch.cat([b.in_proj.weight.flatten() for b in blocks])
+    return dt.mean().item(), in_proj.std().item()
+
+
+def test_original_initialisation_statistics_at_128_channels():
+    """The original's Xavier pass zeroes the dt bias: dt starts at ln 2 = 0.693, not at
+    1e-3..1e-1 (mean about 0.022), and in_proj's std is Xavier's sqrt(2 / (128 + 256))."""
+    dt_mamba, std_mamba = _mamba_statistics("mamba")
+    dt_original, std_original = _mamba_statistics("original")
+    assert dt_original == pytest.approx(math.log(2), abs=1e-6)
+    assert 0.018 < dt_mamba < 0.03
+    assert std_original == pytest.approx(math.sqrt(2 / 384), rel=0.03)       # 0.072
+    assert std_mamba == pytest.approx(1 / math.sqrt(3 * 128), rel=0.03)      # 0.051
+
+
+def test_original_initialisation_redraws_only_the_linears_of_the_mamba_blocks():
+    states = {}
+    for init in ("mamba", "original"):
+        torch.manual_seed(0)
+        model = build_model({**TINY, "init": init})
+        states[init] = model.state_dict()
+    assert list(states["original"]) == list(states["mamba"])     # parameter names unchanged
+    changed = {k for k in states["mamba"] if not torch.equal(states["mamba"][k],
+                                                             states["original"][k])}
+    blocks = [name for name, m in model.named_modules() if isinstance(m, MambaBlock)]
+    assert len(blocks) == 4
+    assert changed == {f"{b}.{key}" for b in blocks for key in ORIGINAL_INIT_KEYS}
+    for block in model.mamba_blocks():   # conv, A_log, D as Mamba's; biases zero
+        assert torch.equal(block.dt_proj.bias, torch.zeros_like(block.dt_proj.bias))
+        assert torch.equal(block.D, torch.ones_like(block.D))
+
+
+def test_original_initialisation_gives_x_proj_the_fan_out_of_each_original_projection():
+    """x_proj stacks the original's x_proj_dt (8 rows), B_proj and C_proj (16 each): each
+    part is Xavier-uniform with its own bound sqrt(6 / (128 + rows))."""
+    torch.manual_seed(0)
+    block = build_model({**MAMBA_128, "init": "original"}).mamba_blocks()[0]
+    parts = block.x_proj.weight.split([8, 16, 16])
+    bounds = [math.sqrt(6 / (128 + rows)) for rows in (8, 16, 16)]
+    for part, bound in zip(parts, bounds):
+        assert bound * 0.98 < part.abs().max() <= bound
+    assert parts[0].abs().max() > bounds[1]   # one bound for the stacked matrix would be lower
+
+
+def test_scan_and_init_refuse_a_model_without_mamba_blocks():
+    with pytest.raises(ConfigError, match=r"^model\.scan: 'as_coded' selects the scan of Mamba"):
+        build_model({**LSTM_CFG, "scan": "as_coded"})
+    with pytest.raises(ConfigError, match=r"^model\.init: 'original' changes Mamba blocks only"):
+        build_model({**LSTM_CFG, "init": "original"})
+    build_model({**LSTM_CFG, "scan": "exact", "init": "mamba"})   # the defaults are fine
+
+
+def test_scan_mode_reaches_every_mamba_block(monkeypatch):
+    """The model's scan goes to selective_scan from every block: in training, in inference
+    and in the forward that gradient checkpointing recomputes during backward."""
+    import mbsnet.models.mamba as mamba
+
+    modes = []
+    exact_scan = mamba.selective_scan
+
+    def recording_scan(*args, mode="exact"):
+        modes.append(mode)
+        return exact_scan(*args)   # the arithmetic does not matter here
+
+    monkeypatch.setattr(mamba, "selective_scan", recording_scan)
+    model = build_model({**CHECKPOINTED, "scan": "as_coded"}, gradient_checkpointing=True)
+    assert [b.scan_mode for b in model.mamba_blocks()] == ["as_coded"] * 3
+    spec = noisy_spec(1, 6 * HOP)
+    model.train()(spec).abs().mean().backward()
+    assert modes == ["as_coded"] * 6            # 3 blocks forward, 3 recomputed in backward
+    modes.clear()
+    with torch.no_grad():
+        model.eval()(spec)
+    assert modes == ["as_coded"] * 3
+    assert [b.scan_mode for b in build_model(CHECKPOINTED).mamba_blocks()] == ["exact"] * 3
+
+
+def test_unknown_scan_mode_of_a_block_is_refused():
+    with pytest.raises(ValueError, match="scan_mode must be one of"):
+        MambaBlock(channels=8, scan_mode="fast")
+
+
 def test_feature_mlp_layer_is_residual_linear_norm_gelu():
     torch.manual_seed(0)
     layer = FeatureMLPLayer(channels=6)
@@ -432,11 +546,21 @@ def _set(cfg: dict, path: list, value) -> dict:
     (["stages", 2, "blocks", 1, "bidirectional"], True, "model.stages[2].blocks[1].bidirectional"),
     (["stages", 1, "blocks", 0, "d_sate"], 4, "model.stages[1].blocks[0].d_sate"),
     (["stages", 0, "blocks"], "lstm", "model.stages[0].blocks"),
+    (["scan"], "approximate", "model.scan"),
+    (["init"], "xavier", "model.init"),
 ])
 def test_bad_model_settings_name_the_key(path, value, key):
     with pytest.raises(ConfigError) as excinfo:
         build_model(_set(TINY, path, value))
     assert str(excinfo.value).startswith(key + ":")
+
+
+@pytest.mark.parametrize("key, value", [("scan", "fast"), ("init", "xavier")])
+def test_config_schema_names_a_bad_scan_or_init(key, value):
+    raw = yaml.safe_load(CONFIG.read_text())
+    raw["ablations"]["abl1"]["model"][key] = value
+    with pytest.raises(ConfigError, match=rf"ablations\.abl1\.model\.{key}: '{value}' is not one"):
+        validate_config(raw)
 
 
 def test_model_settings_must_be_a_mapping():
@@ -462,6 +586,21 @@ def test_save_load_round_trip(tmp_path):
         torch.testing.assert_close(loaded(spec), model(spec), rtol=0, atol=0)
 
 
+def test_saved_model_keeps_its_scan_mode(tmp_path):
+    """model.pt carries the model settings, scan included; files saved before the key
+    existed (no scan) load with the exact scan."""
+    cfg = {**TINY, "scan": "as_coded", "init": "original"}
+    for settings, mode in ((cfg, "as_coded"), (TINY, "exact")):
+        model = build_model(settings)
+        path = tmp_path / f"{mode}.pt"
+        save_model(path, model, ablation="tiny", model_cfg=settings, config={})
+        loaded, info = load_model(path)
+        assert info["model"] == settings
+        assert [b.scan_mode for b in loaded.mamba_blocks()] == [mode] * 4
+        for key, value in model.state_dict().items():
+            assert torch.equal(loaded.state_dict()[key], value), key
+
+
 def test_load_model_errors_name_the_file(tmp_path):
     with pytest.raises(MbsnetError, match="does not exist"):
         load_model(tmp_path / "missing.pt")
@@ -485,7 +624,7 @@ def test_load_model_errors_name_the_file(tmp_path):
 def test_params_command_lists_every_count(capsys):
     assert main(["params", "--config", str(CONFIG), "--json"]) == 0
     counts = json.loads(capsys.readouterr().out)
-    assert {name: r["total"] for name, r in counts["ablations"].items()} == ORIGINAL_PARAMS
+    assert {name: r["total"] for name, r in counts["ablations"].items()} == CONFIG_PARAMS
     assert counts["ablations"]["bsrnn"]["claimed"] == 2_400_000
     assert counts["ablations"]["bsrnn"]["ratio"] == pytest.approx(2_963_024 / 2_400_000)
     assert counts["discriminator"]["total"] == 181_650

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..device import autocast_off
 from .initialization import init_linear_, init_lstm_
 from .mamba import MambaBlock
 from .spec import BlockSpec
@@ -64,6 +65,11 @@ class LSTMLayer(nn.Module):
     the same resident memory (3.5 GB) but oneDNN's allocations add up to twice as much
     (6.35 vs 3.19 GB; the rest is reserved, never touched), and it is 5% slower on one
     thread, 1.25x faster on two. Inference always uses oneDNN (1.6x faster here), CUDA cuDNN.
+
+    The LSTM always runs in float32, outside autocast: cuDNN's autocast path casts an RNN's
+    input, weights and state to float16 whatever the autocast dtype (PyTorch's
+    ``AutocastRNN.cpp``), so under bf16 autocast it would train in unscaled fp16, and the
+    CPU's would run the recurrence in bf16. The norm and the projection follow autocast.
     """
 
     def __init__(self, channels: int, axis: str, bidirectional: bool,
@@ -82,8 +88,9 @@ class LSTMLayer(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         native = (self.cpu_kernel == "native" and z.device.type == "cpu"
                   and torch.is_grad_enabled())
-        with _onednn(not native):
-            seq, _ = self.rnn(to_sequences(self.norm(z), self.axis))
+        x = to_sequences(self.norm(z), self.axis)
+        with _onednn(not native), autocast_off(z.device.type):
+            seq, _ = self.rnn(x.float())
         return z + from_sequences(self.proj(seq), self.axis, z.shape)
 
 

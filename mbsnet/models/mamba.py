@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..scan import selective_scan
+from ..scan import SCAN_MODES, selective_scan
 
 DT_MIN, DT_MAX, DT_FLOOR = 1e-3, 1e-1, 1e-4
 CONV_KERNEL = 4
@@ -21,10 +21,18 @@ class MambaBlock(nn.Module):
     Sizes as in Mamba-1: inner width E*N, dt rank ceil(N/16), depthwise causal
     Conv1d of kernel 4 with bias, no bias on in_proj/x_proj/out_proj. The scan, the
     softplus of dt and the gating run in float32 even under autocast.
+
+    ``scan_mode`` is the arithmetic of the scan (``exact`` or ``as_coded``, see
+    :func:`~mbsnet.scan.selective_scan`); an attribute of the block, so that a forward
+    recomputed by gradient checkpointing uses the same one.
     """
 
-    def __init__(self, channels: int, d_state: int = 16, expand: int = 1) -> None:
+    def __init__(self, channels: int, d_state: int = 16, expand: int = 1,
+                 scan_mode: str = "exact") -> None:
         super().__init__()
+        if scan_mode not in SCAN_MODES:
+            raise ValueError(f"scan_mode must be one of {SCAN_MODES}, got {scan_mode!r}")
+        self.scan_mode = scan_mode
         inner = expand * channels
         self.d_state = d_state
         self.dt_rank = math.ceil(channels / 16)
@@ -61,6 +69,9 @@ class MambaBlock(nn.Module):
         # dt bias added in float32, as Mamba's kernel does (delta_bias)
         delta = F.softplus(F.linear(dt, self.dt_proj.weight).float() + self.dt_proj.bias.float())
         A = -torch.exp(self.A_log.float())
-        y = selective_scan(u, delta, A, B, C, self.D)
+        y = selective_scan(u, delta, A, B, C, self.D, mode=self.scan_mode)
         y = y * F.silu(gate.float())
         return x + self.out_proj(y)
+
+    def extra_repr(self) -> str:
+        return f"d_state={self.d_state}, dt_rank={self.dt_rank}, scan_mode={self.scan_mode}"

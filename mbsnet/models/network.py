@@ -14,7 +14,9 @@ from torch.utils.checkpoint import checkpoint
 
 from .bandsplit import BandSplit
 from .decoder import MaskDecoder, apply_mask
+from .initialization import init_mamba_as_original_
 from .layers import build_layer
+from .mamba import MambaBlock
 from .spec import ModelSpec, parse_model_config
 
 
@@ -28,7 +30,9 @@ class BandSplitNet(nn.Module):
     keeps only its input during training and recomputes the rest in backward (BSRNN at
     batch 6, 2 s crops on the CPU: 3.24 -> 0.75 GB for the generator step, 1.4x the time).
     ``cpu_lstm_kernel`` is the LSTM kernel for CPU training (see
-    :class:`~mbsnet.models.layers.LSTMLayer`).
+    :class:`~mbsnet.models.layers.LSTMLayer`). The spec's ``scan`` becomes every Mamba
+    block's ``scan_mode``; ``init: original`` re-initialises the Mamba blocks after
+    construction, as the original code did.
     """
 
     def __init__(self, spec: ModelSpec, *, gradient_checkpointing: bool = False,
@@ -41,6 +45,14 @@ class BandSplitNet(nn.Module):
                                     for block in spec.layers)
         self.final_norm = nn.LayerNorm(spec.channels) if spec.final_norm else None
         self.decoder = MaskDecoder(spec.channels, spec.decoder)
+        for block in self.mamba_blocks():
+            block.scan_mode = spec.scan
+            if spec.init == "original":
+                init_mamba_as_original_(block)
+
+    def mamba_blocks(self) -> list[MambaBlock]:
+        """Every Mamba block, in module order."""
+        return [m for m in self.modules() if isinstance(m, MambaBlock)]
 
     def encode(self, spec: torch.Tensor) -> torch.Tensor:
         """The band features after all layers (and the final norm): ``[B, N, T, 31]``."""

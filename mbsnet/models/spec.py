@@ -12,12 +12,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
+from ..scan import SCAN_MODES
 
 BLOCK_TYPES = ("lstm", "mamba", "mlp")
 AXES = ("time", "band")
 DECODERS = ("uniform", "lightweight", "adaptive")
+INITS = ("mamba", "original")
+"""Initialisation of the Mamba blocks: Mamba's own, or the original code's (Xavier-uniform
+weights and zero biases on every Linear, dt_proj included; see initialization.py)."""
 
-_MODEL_KEYS = {"channels", "decoder", "final_norm", "stages"}
+_MODEL_KEYS = {"channels", "decoder", "final_norm", "stages", "scan", "init"}
 _STAGE_KEYS = {"repeat", "blocks"}
 _BLOCK_KEYS = {"type", "axis", "bidirectional", "d_state", "expand"}
 
@@ -35,12 +39,23 @@ class BlockSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A whole network: the residual layers in the order they are applied."""
+    """A whole network: the residual layers in the order they are applied.
+
+    ``scan`` (a mode of :func:`mbsnet.scan.selective_scan`) and ``init`` (one of
+    :data:`INITS`) concern the Mamba blocks only.
+    """
 
     channels: int
     decoder: str
     final_norm: bool
     layers: tuple[BlockSpec, ...]
+    scan: str = "exact"
+    init: str = "mamba"
+
+    @property
+    def has_mamba(self) -> bool:
+        """Whether any layer is a Mamba layer (the only ones ``scan`` and ``init`` affect)."""
+        return any(layer.type == "mamba" for layer in self.layers)
 
 
 def _mapping(value: Any, path: str) -> Mapping:
@@ -110,9 +125,20 @@ def parse_model_config(model_cfg: Any, path: str = "model") -> ModelSpec:
             raise ConfigError(f"{stage_path}.blocks: expected a non-empty list of blocks")
         parsed = [_parse_block(b, f"{stage_path}.blocks[{j}]") for j, b in enumerate(blocks)]
         layers.extend(parsed * repeat)
-    return ModelSpec(
+    spec = ModelSpec(
         channels=_positive_int(model_cfg["channels"], f"{path}.channels"),
         decoder=_choice(model_cfg["decoder"], DECODERS, f"{path}.decoder"),
         final_norm=_boolean(model_cfg.get("final_norm", False), f"{path}.final_norm"),
         layers=tuple(layers),
+        scan=_choice(model_cfg.get("scan", "exact"), SCAN_MODES, f"{path}.scan"),
+        init=_choice(model_cfg.get("init", "mamba"), INITS, f"{path}.init"),
     )
+    # Both keys change Mamba blocks only; on a model without any they would silently do nothing.
+    if not spec.has_mamba and spec.scan != "exact":
+        raise ConfigError(f"{path}.scan: {spec.scan!r} selects the scan of Mamba blocks and "
+                          "this model has none; remove it")
+    if not spec.has_mamba and spec.init != "mamba":
+        raise ConfigError(f"{path}.init: {spec.init!r} changes Mamba blocks only (every other "
+                          "layer always gets the original's initialisation) and this model has "
+                          "none; remove it")
+    return spec
