@@ -1,31 +1,54 @@
-"""Worker processes that never outlive the process that started them.
+"""Worker processes that never outlive the process they serve.
 
-A training, an evaluation or a data preparation killed with SIGKILL cannot clean up its
-pools; on Linux each worker therefore asks the kernel for SIGKILL when its parent dies
-(``prctl(PR_SET_PDEATHSIG)``). Elsewhere this is a no-op.
+A training, an evaluation or a data preparation killed outright (SIGKILL, the OOM killer, a
+scheduler's hard limit) cannot stop its pools; a worker would otherwise wait forever on its
+task queue, and keep its fork server and multiprocessing's resource tracker alive with it.
+Each worker therefore watches the process it serves and exits when that one ends. No torch
+here: scoring and data workers import this module.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
-import signal
-import sys
+import select
+import threading
+import time
 
-_PR_SET_PDEATHSIG = 1
+POLL_SECONDS = 1.0
+"""How often the fallback without pidfds looks for the watched process."""
+
+
+def exit_with(pid: int) -> None:
+    """Make this process exit as soon as process ``pid`` ends.
+
+    A daemon thread waits on a pidfd of ``pid`` (Linux >= 5.3), which becomes readable
+    when that process ends, or else checks for it every :data:`POLL_SECONDS`.
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:  # already gone
+        os._exit(1)
+    except (AttributeError, OSError):  # no pidfds here
+        threading.Thread(target=_poll_then_exit, args=(pid,), daemon=True).start()
+        return
+    threading.Thread(target=_wait_then_exit, args=(fd,), daemon=True).start()
 
 
 def die_with_parent(*_: object) -> None:
-    """Make the calling process receive SIGKILL when its parent process exits.
+    """:func:`exit_with` the parent process; usable as a pool ``initializer`` or a
+    DataLoader ``worker_init_fn`` (arguments ignored)."""
+    exit_with(os.getppid())
 
-    Usable as a pool ``initializer`` or a DataLoader ``worker_init_fn`` (arguments ignored).
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    parent = os.getppid()
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        return  # not fatal: the worker merely loses the guarantee
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os.kill(os.getpid(), signal.SIGKILL)
+
+def _wait_then_exit(fd: int) -> None:
+    select.select([fd], [], [])
+    os._exit(1)
+
+
+def _poll_then_exit(pid: int) -> None:
+    while True:
+        time.sleep(POLL_SECONDS)
+        try:
+            os.kill(pid, 0)
+        except OSError:  # gone (or the number reused by another user's process)
+            os._exit(1)

@@ -3,11 +3,16 @@ and clear errors on bad input. Tiny models and a tiny generated corpus keep it f
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import copy
 import json
 import math
 import os
 import signal
+import subprocess
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -15,15 +20,22 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from mbsnet import cli
+from mbsnet.audio import stft
 from mbsnet.config import ablation_config, validate_config
+from mbsnet.data.datasets import TrainDataset
 from mbsnet.device import peak_memory_mb, select_device
 from mbsnet.errors import ConfigError, DataError, MbsnetError
 from mbsnet.metrics import pesq_wb
 from mbsnet.models import load_model
+from mbsnet.models import mamba as mamba_module
+from mbsnet.models import network as network_module
+from mbsnet.models.mamba import MambaBlock
+from mbsnet.train import batches, loop
 from mbsnet.train import checkpoint as ckpt
-from mbsnet.train import loop
 from mbsnet.train import trainer as trainer_module
 from mbsnet.train.discriminator_targets import PesqScorer, metric_targets, normalised_pesq
 from mbsnet.train.losses import compressed_magnitude, discriminator_loss, reconstruction_loss
@@ -272,6 +284,92 @@ def test_bf16_falls_back_to_fp32_on_cpu():
         assert autocast_dtype("fp32", torch.device("cuda")) is None
 
 
+# -- precision ------------------------------------------------------------------------
+
+class ResultDtypes(TorchDispatchMode):
+    """The dtypes of the floating-point results of every op, by the labelled part of the
+    model (module or function) it ran in; "other" outside them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.where = ["other"]
+        self.seen: dict[str, set[torch.dtype]] = collections.defaultdict(set)
+
+    @contextlib.contextmanager
+    def inside(self, label: str):
+        self.where.append(label)
+        try:
+            yield
+        finally:
+            self.where.pop()
+
+    def label(self, modules, label: str) -> None:
+        def enter(*_) -> None:
+            self.where.append(label)
+
+        def leave(*_) -> None:
+            self.where.pop()
+
+        for module in modules:
+            module.register_forward_pre_hook(enter)
+            module.register_forward_hook(leave)
+
+    def wrap(self, function, label: str):
+        def labelled(*args, **kwargs):
+            with self.inside(label):
+                return function(*args, **kwargs)
+        return labelled
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex()):
+                self.seen[self.where[-1]].add(t.dtype)
+        return out
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_bf16_autocast_runs_each_part_in_its_dtype(monkeypatch, device):
+    """What precision: bf16 computes on CUDA (on the CPU, through the CPU's autocast: the
+    same code): the Mamba blocks' Linear layers in bf16; the LSTM recurrences (which cuDNN's
+    autocast would run in fp16), the scan, the STFT and the masks in float32."""
+    device = torch.device(device)
+    lstms = STRUCTURES["bsrnn"]["stages"][0]["blocks"]  # time unidirectional, band bi
+    mixed = {"channels": 8, "decoder": "uniform", "stages": [{"blocks": [
+        *lstms, MAMBA_T, {**MAMBA_B, "bidirectional": False}, {"type": "mlp", "axis": "band"}]}]}
+    config = tiny_config()
+    config["ablations"]["mixed"] = {"model": mixed}
+    config = validate_config(config)
+    torch.manual_seed(0)
+    trainer = Trainer(ablation_config(config, "mixed"), config, device)
+    trainer.autocast_dtype = torch.bfloat16  # what autocast_dtype() gives on CUDA
+    generator = trainer.generator
+    mode = ResultDtypes()
+    mode.label([m for m in generator.modules() if isinstance(m, torch.nn.LSTM)], "lstm")
+    mode.label([linear for m in generator.modules() if isinstance(m, MambaBlock)
+                for linear in (m.in_proj, m.x_proj, m.out_proj)], "mamba linear")
+    monkeypatch.setattr(mamba_module, "selective_scan",
+                        mode.wrap(mamba_module.selective_scan, "scan"))
+    monkeypatch.setattr(network_module, "apply_mask", mode.wrap(network_module.apply_mask, "mask"))
+    clean, noisy = (t.to(device) for t in fixed_batch())
+    with mode:
+        with mode.inside("stft"):
+            clean_spec, noisy_spec = stft(clean), stft(noisy)
+        est = trainer.enhance_spec(noisy_spec)
+        trainer.generator_loss(clean_spec, est, use_metric_loss=False).backward()
+    assert mode.seen["lstm"] == {torch.float32}
+    assert mode.seen["mamba linear"] == {torch.bfloat16}
+    assert mode.seen["scan"] == {torch.float32}
+    assert mode.seen["stft"] == {torch.float32, torch.complex64}
+    assert mode.seen["mask"] == {torch.complex64} and est.dtype == torch.complex64
+    grads = [p.grad for p in generator.parameters()]
+    assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all()
+               for g in grads)
+
+
 # -- devices, batches, checkpoints ----------------------------------------------------
 
 def test_device_selection(monkeypatch):
@@ -281,18 +379,35 @@ def test_device_selection(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     with pytest.raises(ConfigError, match="training.device: 'cuda'"):
         select_device("cuda")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert select_device("auto") == torch.device("cuda", 0)
+    # a CUDA device is claimed: tests/test_device.py
     assert peak_memory_mb(torch.device("cpu")) > 0
 
 
 def test_epoch_batches_are_shuffled_passes_fixed_by_seed_and_epoch():
-    batches = loop.epoch_batches(5, 2, 5, seed=3, epoch=1)
-    assert len(batches) == 5 and all(len(b) == 2 for b in batches)
-    flat = sum(batches, [])
+    epoch = batches.epoch_batches(5, 2, 5, seed=3, epoch=1)
+    assert len(epoch) == 5 and all(len(b) == 2 for b in epoch)
+    flat = sum(epoch, [])
     assert sorted(flat[:5]) == list(range(5)) and sorted(flat[5:10]) == list(range(5))
-    assert batches == loop.epoch_batches(5, 2, 5, seed=3, epoch=1)
-    assert batches != loop.epoch_batches(5, 2, 5, seed=3, epoch=2)
+    assert epoch == batches.epoch_batches(5, 2, 5, seed=3, epoch=1)
+    assert epoch != batches.epoch_batches(5, 2, 5, seed=3, epoch=2)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_train_batches_are_the_epochs_items_read_by_any_process(manifest, workers):
+    data = TrainDataset(manifest, split="train", crop_seconds=0.25, seed=4)
+    with batches.TrainBatches(data, batch_size=2, steps=3, seed=4, workers=workers,
+                              device=torch.device("cpu")) as loader:
+        for epoch, start in ((1, 0), (1, 2), (0, 1)):  # a resume mid-epoch, an earlier epoch
+            got = list(loader.epoch(epoch, start))
+            items = batches.epoch_batches(len(data), 2, 3, seed=4, epoch=epoch)[start:]
+            assert len(got) == len(items) == 3 - start
+            for (clean, noisy), batch in zip(got, items):
+                expected = [data[(epoch, i)] for i in batch]
+                assert torch.equal(clean, torch.stack([c for c, _ in expected]))
+                assert torch.equal(noisy, torch.stack([n for _, n in expected]))
+    data.set_epoch(1)  # an (epoch, index) key is that epoch's crop
+    assert all(torch.equal(data[i][0], data[(1, i)][0]) for i in range(len(data)))
+    assert any(not torch.equal(data[(0, i)][0], data[(1, i)][0]) for i in range(len(data)))
 
 
 def test_rng_state_round_trip(tmp_path):
@@ -307,6 +422,48 @@ def test_rng_state_round_trip(tmp_path):
     again = (torch.rand(3), np.random.rand(3), __import__("random").random())
     assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1])
     assert expected[2] == again[2] and loaded["run"].epoch == 2 and state["torch"].numel()
+
+
+def test_resume_restores_the_runs_cuda_rng_with_fewer_gpus_visible(monkeypatch, tmp_path):
+    """A run on cuda:1 of two visible GPUs resumes where only one is visible (cuda:0)."""
+    visible = {"count": 2}
+    states = {i: torch.full((8,), 10 + i, dtype=torch.uint8) for i in range(2)}
+    restored = []
+
+    def index(device) -> int:
+        i = device if isinstance(device, int) else torch.device(device).index or 0
+        if i >= visible["count"]:
+            raise IndexError(f"cuda:{i} with {visible['count']} device(s) visible")
+        return i
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible["count"])
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": states[index(device)])
+    monkeypatch.setattr(torch.cuda, "set_rng_state",
+                        lambda state, device="cuda": restored.append((index(device), state)))
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all",
+                        lambda: [states[i] for i in range(visible["count"])])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all",
+                        lambda all_states: [restored.append((index(i), s))
+                                            for i, s in enumerate(all_states)])
+    path = tmp_path / "last.pt"
+    ckpt.save_checkpoint(path, identity="x", trainer_state={}, run=ckpt.RunState(),
+                         device=torch.device("cuda", 1))
+    visible["count"] = 1
+    state = ckpt.load_checkpoint(path)["rng"]
+    ckpt.set_rng_state(state, torch.device("cuda", 0))
+    assert [(i, s.tolist()) for i, s in restored] == [(0, [11] * 8)]
+
+    restored.clear()  # older checkpoints: a state per visible device, the run on cuda:0
+    ckpt.set_rng_state({**state, "cuda": [states[0], states[1]]}, torch.device("cuda", 0))
+    assert [(i, s.tolist()) for i, s in restored] == [(0, [10] * 8)]
+
+    restored.clear()  # a CPU run saves no CUDA state, a run resumed on the CPU restores none
+    ckpt.save_checkpoint(path, identity="x", trainer_state={}, run=ckpt.RunState(),
+                         device=torch.device("cpu"))
+    assert "cuda" not in ckpt.load_checkpoint(path)["rng"]
+    ckpt.set_rng_state(state, torch.device("cpu"))
+    assert restored == []
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
@@ -336,9 +493,13 @@ def test_run_writes_the_documented_outputs(reference_run):
     assert on_disk == summary
     assert set(summary) == {"ablation", "seed", "epochs", "steps", "wall_seconds",
                             "skipped_steps", "disc_skipped_steps", "best_epoch", "best_key",
-                            "best_score", "device", "peak_memory_mb", "resumed", "params"}
+                            "best_score", "device", "scan", "precision", "deterministic",
+                            "tf32", "data_workers", "peak_memory_mb", "resumed", "params"}
     assert (summary["epochs"], summary["steps"], summary["resumed"]) == (2, 4, 0)
     assert summary["best_epoch"] in (1, 2) and summary["device"] == "cpu"
+    assert summary["scan"] is None  # bsrnn has no Mamba block
+    assert (summary["precision"], summary["deterministic"], summary["tf32"],
+            summary["data_workers"]) == ("fp32", False, False, 2)
 
     log = read_log(out / "train_log.jsonl")
     steps = [line for line in log if line["kind"] == "step"]
@@ -390,6 +551,35 @@ def test_sigterm_checkpoints_and_stops_then_resumes(reference_run, manifest, tmp
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     run_training(tiny_config(), manifest, tmp_path)
     assert_same_run(reference_run[0], tmp_path)
+
+
+def test_data_workers_do_not_change_the_run(reference_run, manifest, tmp_path):
+    """The reference run read its batches in 2 worker processes; here in this process."""
+    summary = run_training(tiny_config(data_workers=0), manifest, tmp_path)
+    assert summary["data_workers"] == 0
+    assert_same_run(reference_run[0], tmp_path)
+
+
+def numeric_settings() -> tuple:
+    return (torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(),
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+            torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision,
+            torch.backends.cudnn.rnn.fp32_precision, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+
+
+@pytest.mark.parametrize("tf32", [True, False])
+def test_deterministic_and_tf32_hold_during_the_run_only(reference_run, manifest, tmp_path,
+                                                          monkeypatch, tf32):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before, during = numeric_settings(), set()
+    summary = run_training(tiny_config(deterministic=True, tf32=tf32), manifest, tmp_path,
+                           on_step=lambda run: during.add(numeric_settings()))
+    precision = "tf32" if tf32 else "ieee"
+    assert during == {(True, True, True, False, precision, precision, precision, ":4096:8")}
+    assert numeric_settings() == before
+    assert (summary["deterministic"], summary["tf32"]) == (True, tf32)
+    assert_same_run(reference_run[0], tmp_path)  # neither changes what the CPU computes
 
 
 def assert_same_run(expected: Path, got: Path) -> None:
@@ -447,6 +637,74 @@ def test_consecutive_nonfinite_steps_stop_with_a_clear_error(manifest, tmp_path,
     assert not (tmp_path / "model.pt").exists()
 
 
+# -- helper processes -----------------------------------------------------------------
+
+def proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, parent pid, start time) of a process from /proc, None if there is none."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()
+    return fields[0], int(fields[1]), int(fields[19])
+
+
+def descendants(root: int) -> dict[int, int]:
+    """pid -> start time of every process below ``root``."""
+    stats = {int(p): proc_stat(int(p)) for p in os.listdir("/proc") if p.isdigit()}
+    found: dict[int, int] = {}
+    parents = [root]
+    while parents:
+        parent = parents.pop()
+        for pid, stat in stats.items():
+            if stat is not None and stat[1] == parent and pid not in found:
+                found[pid] = stat[2]
+                parents.append(pid)
+    return found
+
+
+def still_running(processes: dict[int, int]) -> list[int]:
+    """The processes that exist, are the same ones (start time) and are not zombies."""
+    return [pid for pid, start in processes.items()
+            if (stat := proc_stat(pid)) is not None and stat[2] == start and stat[0] != "Z"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc")
+def test_helper_processes_end_with_a_killed_training(manifest, tmp_path):
+    """kill -9 of a training (OOM killer, hard time limit) leaves none of its data-loader
+    workers, PESQ workers, fork server or resource tracker behind."""
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps(tiny_config(epochs=20, steps_per_epoch=20, data_workers=2,
+                                             pesq_workers=2)))
+    out = tmp_path / "out"
+    trainer = subprocess.Popen(
+        [sys.executable, "-m", "mbsnet", "train", "--config", str(config), "--ablation", "abl1",
+         "--seed", "0", "--out", str(out), "--data", str(manifest), "--threads", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    helpers: dict[int, int] = {}
+    try:
+        log, deadline = out / "checkpoint" / "train_log.jsonl", time.monotonic() + 180
+        while not (log.is_file() and log.read_text().count('"kind": "step"') >= 2):
+            if trainer.poll() is not None:
+                pytest.fail(f"the training ended: {trainer.stderr.read().decode()[-2000:]}")
+            assert time.monotonic() < deadline, "no two training steps in 180 s"
+            time.sleep(0.2)
+        # 2 data-loader workers; from the first step on, the PESQ pool's fork server, its
+        # resource tracker and 1-2 workers (started as tasks come)
+        helpers = descendants(trainer.pid)
+        assert len(helpers) >= 5
+        trainer.kill()
+        trainer.wait()
+        deadline = time.monotonic() + 4  # the DataLoader's own watchdog needs up to 5 s
+        while still_running(helpers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert still_running(helpers) == []
+    finally:
+        trainer.kill()
+        for pid in still_running(helpers):
+            os.kill(pid, signal.SIGKILL)
+
+
 # -- bad input ------------------------------------------------------------------------
 
 def test_missing_manifest_is_a_data_error(tmp_path):
@@ -474,6 +732,7 @@ def test_cli_trains(manifest, tmp_path, capsys):
                      "--out", str(out), "--data", str(manifest), "--threads", "1"]) == 0
     summary = json.loads((out / "train_summary.json").read_text())
     assert (summary["ablation"], summary["seed"], summary["steps"]) == ("abl1", 3, 1)
+    assert summary["scan"] == "chunked"  # the CPU's selective scan
     assert "[abl1 seed3] done: 1 steps" in capsys.readouterr().out
 
 

@@ -2,7 +2,8 @@
 
 - :class:`TrainDataset`: fixed-length random crops, the same for clean and noisy;
   utterances shorter than the crop are tiled to its length (as the BSRNN recipe does). The
-  crop of item ``i`` depends only on ``(seed, epoch, i)``, never on the worker or process.
+  crop of item ``i`` depends only on ``(seed, epoch, i)``, never on the worker or process
+  that reads it.
 - :class:`EvalDataset`: whole utterances, unpadded, with their labels.
 """
 
@@ -31,7 +32,13 @@ def _read(path: str, start: int = 0, frames: int = -1) -> np.ndarray:
 
 class TrainDataset(Dataset):
     """Random ``crop_seconds`` crops of the ``split`` utterances as ``(clean, noisy)``
-    float tensors; call :meth:`set_epoch` each epoch for new crops."""
+    float tensors.
+
+    A key is an item index (its crop of the epoch set by :meth:`set_epoch`) or an
+    ``(epoch, index)`` pair (its crop of that epoch): DataLoader worker processes hold
+    their own copy of the dataset and never see ``set_epoch``, so their batches name the
+    epoch.
+    """
 
     def __init__(self, manifest_path: str | Path, split: str = "train",
                  crop_seconds: float = 2.0, seed: int = 0) -> None:
@@ -49,15 +56,18 @@ class TrainDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def crop_start(self, index: int) -> int:
-        """First sample of item ``index``'s crop this epoch (0 for a tiled utterance)."""
+    def crop_start(self, index: int, epoch: int | None = None) -> int:
+        """First sample of item ``index``'s crop in ``epoch`` (default: the epoch set by
+        :meth:`set_epoch`); 0 for a tiled utterance."""
         spare = int(self.lengths[index]) - self.crop
         if spare <= 0:
             return 0
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        epoch = self.epoch if epoch is None else epoch
+        rng = np.random.default_rng([self.seed, epoch, index])
         return int(rng.integers(0, spare + 1))
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         if not 0 <= index < len(self):
             raise IndexError(index)
         row = self.rows.iloc[index]
@@ -65,7 +75,7 @@ class TrainDataset(Dataset):
         pair = []
         for path in (row["clean"], row["noisy"]):
             if length >= self.crop:
-                samples = _read(path, self.crop_start(index), self.crop)
+                samples = _read(path, self.crop_start(index, epoch), self.crop)
             else:
                 samples = np.resize(_read(path, 0, length), self.crop)  # tile cyclically
             pair.append(torch.from_numpy(samples))

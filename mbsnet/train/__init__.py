@@ -3,6 +3,8 @@
 - :mod:`.losses` the generator and discriminator losses
 - :mod:`.discriminator_targets` batch PESQ in worker processes
 - :mod:`.trainer` :class:`Trainer`: models, optimizers, schedulers, one training step
+- :mod:`.batches` the batches of every step, read by DataLoader worker processes
+- :mod:`.numerics` deterministic kernels and TF32 on CUDA
 - :mod:`.checkpoint` full checkpoints and RNG states
 - :mod:`.loop` :func:`train`: a whole run with validation, logging and outputs
 

@@ -1,4 +1,7 @@
-"""Full training checkpoints: everything a rerun needs to continue bit-identically.
+"""Full training checkpoints: everything a rerun needs to continue where the run stopped.
+
+On the CPU the continuation is bit-identical to an uninterrupted run; on CUDA only as far
+as the run's kernels are deterministic (``training.deterministic``, README "GPUs").
 
 A checkpoint holds the trainer's state (both models, optimizers and schedulers), the
 torch / numpy / python RNG states, the run's progress counters (:class:`RunState`) and
@@ -61,9 +64,10 @@ class RunState:
         return cls(**{k: v for k, v in values.items() if k in names})
 
 
-def rng_state() -> dict[str, Any]:
-    """The torch (CPU and every CUDA device), numpy and python RNG states, as tensors
-    and plain values (loadable with ``weights_only=True``)."""
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """The torch, numpy and python RNG states, and the CUDA RNG state of ``device`` when it
+    is a CUDA device (the run's own: other visible GPUs are not the run's, and a resumed run
+    may see fewer), as tensors and plain values (loadable with ``weights_only=True``)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -71,28 +75,33 @@ def rng_state() -> dict[str, Any]:
                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "python": random.getstate(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore the states saved by :func:`rng_state`."""
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restore the states saved by :func:`rng_state`; the saved CUDA state goes to
+    ``device``, the device the run continues on, whichever it was saved from."""
     torch.set_rng_state(state["torch"])
     np_state = state["numpy"]
     np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32),
                          np_state["pos"], np_state["has_gauss"], np_state["cached_gaussian"]))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, (list, tuple)):  # older checkpoints: one per visible device, run on 0
+        cuda = cuda[0] if cuda else None
+    if cuda is not None and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
 
 
 def save_checkpoint(path: str | Path, *, identity: str, trainer_state: dict[str, Any],
-                    run: RunState) -> None:
-    """Write a full checkpoint atomically (the RNG states are taken now)."""
+                    run: RunState, device: torch.device | None = None) -> None:
+    """Write a full checkpoint atomically (the RNG states, ``device``'s included, are taken
+    now)."""
     payload = {"format": FORMAT_VERSION, "identity": identity, "trainer": trainer_state,
-               "rng": rng_state(), "run": run.as_dict()}
+               "rng": rng_state(device), "run": run.as_dict()}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from ..workers import exit_with
 
 if TYPE_CHECKING:
     import torch
@@ -36,7 +39,8 @@ class PesqScorer:
     manager. Workers are forked from a clean fork server (never from the trainer, whose
     threads and CUDA state must not be inherited) that has imported PESQ once.
     If a worker dies (e.g. SLURM signals every process of the job), the batch counts as
-    failed instead of hanging, and the next call starts a new pool.
+    failed instead of hanging, and the next call starts a new pool. The workers end with
+    the process that started them, even when it is killed.
     """
 
     def __init__(self, workers: int) -> None:
@@ -53,7 +57,8 @@ class PesqScorer:
         if self._pool is None:
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload([__name__, "mbsnet.metrics"])
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context,
+                                             initializer=exit_with, initargs=(os.getpid(),))
         chunk = math.ceil(len(pairs) / self.workers)
         try:
             return np.array(list(self._pool.map(_pesq_pair, pairs, chunksize=chunk)),

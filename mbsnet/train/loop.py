@@ -40,12 +40,19 @@ from ..device import describe, peak_memory_mb, reset_peak_memory, select_device,
 from ..enhance import enhance_waveform
 from ..errors import DataError, MbsnetError
 from ..models import count_parameters, save_model
+from ..models.mamba import MambaBlock
+from ..scan import scan_implementation
+from .batches import TrainBatches
 from .checkpoint import RunState, load_checkpoint, save_checkpoint, set_rng_state
 from .losses import reconstruction_loss
+from .numerics import numerics
 from .trainer import Trainer
 
-#: Training keys that do not change what is computed: a checkpoint stays valid across them.
-OPERATIONAL_KEYS = ("checkpoint_minutes", "pesq_workers", "max_bad_steps", "device")
+#: Training keys that do not change the recipe: a checkpoint stays valid across them (the
+#: device, determinism and TF32 change CUDA's rounding only; the batches are the same for
+#: any number of data workers).
+OPERATIONAL_KEYS = ("checkpoint_minutes", "pesq_workers", "max_bad_steps", "device",
+                    "data_workers", "deterministic", "tf32")
 #: At most about this many step lines per epoch in the log and the plain progress output.
 STEP_LINES_PER_EPOCH = 50
 
@@ -84,21 +91,26 @@ def train(config: Mapping[str, Any], ablation: str, seed: int, out_dir: str | Pa
     paths = RunPaths(out_dir)
     _check_writable(paths.checkpoint_dir)
 
-    device = select_device(settings["device"])
-    set_threads(threads or config["resources"]["threads"])
     train_set = TrainDataset(manifest, split="train", crop_seconds=settings["crop_seconds"],
                              seed=seed)
     valid_set = EvalDataset(manifest, split=settings["validate_on"])
-
     identity = config_hash({"ablation": ablation_cfg["name"], "model": ablation_cfg["model"],
                             "training": {k: v for k, v in settings.items()
                                          if k not in OPERATIONAL_KEYS},
                             "seed": seed, "data": _file_digest(manifest)})
-    seed_everything(seed)
-    with Trainer(ablation_cfg, config, device) as trainer, _TerminationRequest() as stop:
-        run = _Run(trainer, ablation_cfg, config, seed, paths, identity, train_set, valid_set,
-                   on_step, stop)
-        return run.execute()
+    # before the first CUDA call: cuBLAS reads its workspace setting once
+    with numerics(settings["deterministic"], settings["tf32"]):
+        device = select_device(settings["device"])
+        set_threads(threads or config["resources"]["threads"])
+        seed_everything(seed)
+        with Trainer(ablation_cfg, config, device) as trainer, \
+                TrainBatches(train_set, batch_size=settings["batch_size"],
+                             steps=steps_per_epoch(settings, len(train_set)), seed=seed,
+                             workers=settings["data_workers"], device=device) as batches, \
+                _TerminationRequest() as stop:
+            run = _Run(trainer, ablation_cfg, config, seed, paths, identity, batches,
+                       valid_set, on_step, stop)
+            return run.execute()
 
 
 def seed_everything(seed: int) -> None:
@@ -106,17 +118,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
-
-
-def epoch_batches(n_items: int, batch_size: int, steps: int, seed: int,
-                  epoch: int) -> list[list[int]]:
-    """The item indices of every batch of an epoch: shuffled passes over the training set
-    (as many as ``steps`` batches need), fixed by ``seed`` and ``epoch`` alone."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order: list[int] = []
-    while len(order) < steps * batch_size:
-        order += torch.randperm(n_items, generator=generator).tolist()
-    return [order[i * batch_size:(i + 1) * batch_size] for i in range(steps)]
 
 
 def steps_per_epoch(settings: Mapping[str, Any], n_items: int) -> int:
@@ -129,16 +130,16 @@ class _Run:
 
     def __init__(self, trainer: Trainer, ablation_cfg: dict[str, Any],
                  config: Mapping[str, Any], seed: int, paths: RunPaths, identity: str,
-                 train_set: TrainDataset, valid_set: EvalDataset,
+                 batches: TrainBatches, valid_set: EvalDataset,
                  on_step: StepCallback | None, stop: _TerminationRequest) -> None:
         self.trainer, self.ablation_cfg, self.config = trainer, ablation_cfg, config
         self.settings = ablation_cfg["training"]
         self.name = ablation_cfg["name"]
         self.seed, self.paths, self.identity = seed, paths, identity
-        self.train_set, self.valid_set = train_set, valid_set
+        self.batches, self.valid_set = batches, valid_set
         self.on_step, self.stop = on_step, stop
         self.epochs = self.settings["epochs"]
-        self.steps = steps_per_epoch(self.settings, len(train_set))
+        self.steps = batches.steps
         self.log_every = max(1, self.steps // STEP_LINES_PER_EPOCH)
         self.run = RunState()
         self.saved_at: tuple[int, int] | None = None  # (epoch, global step) of last.pt
@@ -154,8 +155,10 @@ class _Run:
         if self.trainer.autocast_dtype is None and self.settings["precision"] != "fp32":
             self.progress.note(f"precision {self.settings['precision']} needs CUDA; "
                                f"training in float32 on {self.trainer.device.type}")
+        scan = self._scan()
         self.progress.note(f"training {self.name} seed {self.seed} on "
-                           f"{describe(self.trainer.device)}: {self.epochs} epochs x "
+                           f"{describe(self.trainer.device)}"
+                           f"{f' ({scan} scan)' if scan else ''}: {self.epochs} epochs x "
                            f"{self.steps} steps, batch {self.settings['batch_size']}")
         while self.run.epoch < self.epochs:
             self._train_epoch()
@@ -166,7 +169,7 @@ class _Run:
             checkpoint = load_checkpoint(self.paths.last)
             if checkpoint["identity"] == self.identity:
                 self.trainer.load_state_dict(checkpoint["trainer"])
-                set_rng_state(checkpoint["rng"])
+                set_rng_state(checkpoint["rng"], self.trainer.device)
                 self.run = checkpoint["run"]
                 self.run.resumed += 1
                 self.saved_at = (self.run.epoch, self.run.global_step)
@@ -188,13 +191,9 @@ class _Run:
             run.start_epoch()
             reset_peak_memory(trainer.device)
         self.epoch_start = time.monotonic()
-        self.train_set.set_epoch(run.epoch)
-        batches = epoch_batches(len(self.train_set), self.settings["batch_size"], self.steps,
-                                self.seed, run.epoch)
         use_metric_loss = run.epoch >= self.settings["metricgan_from"] * self.epochs
         self.progress.start_epoch(run.epoch, self.epochs, run.step)
-        while run.step < self.steps:
-            clean, noisy = self._batch(batches[run.step])
+        for clean, noisy in self.batches.epoch(run.epoch, start=run.step):
             started = time.monotonic()
             result = trainer.train_step(clean, noisy, use_metric_loss)
             self._record_step(result, time.monotonic() - started)
@@ -215,11 +214,6 @@ class _Run:
             raise MbsnetError(f"stopped by {self.stop.signal.name} after step "
                               f"{self.run.global_step}; saved {self.paths.last}, the same "
                               "command resumes from it")
-
-    def _batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        items = [self.train_set[i] for i in indices]
-        return (torch.stack([torch.as_tensor(clean) for clean, _ in items]),
-                torch.stack([torch.as_tensor(noisy) for _, noisy in items]))
 
     def _record_step(self, result: dict[str, Any], seconds: float) -> None:
         run = self.run
@@ -293,9 +287,17 @@ class _Run:
         self.run.wall_seconds = self.wall_before + time.monotonic() - self.session_start
         self.run.log_bytes = self.log.size()
         save_checkpoint(self.paths.last, identity=self.identity,
-                        trainer_state=self.trainer.state_dict(), run=self.run)
+                        trainer_state=self.trainer.state_dict(), run=self.run,
+                        device=self.trainer.device)
         self.saved_at = (self.run.epoch, self.run.global_step)
         self.last_save_time = time.monotonic()
+
+    def _scan(self) -> str | None:
+        """The selective scan the Mamba blocks ran (None: the model has none)."""
+        if not any(isinstance(m, MambaBlock) for m in self.trainer.generator.modules()):
+            return None
+        return scan_implementation(self.trainer.device,
+                                   self.ablation_cfg["model"].get("scan", "exact"))
 
     def _save_model(self, path: Path) -> None:
         save_model(path, self.trainer.generator, ablation=self.name,
@@ -311,7 +313,10 @@ class _Run:
             "wall_seconds": round(self.wall_before + time.monotonic() - self.session_start, 3),
             "skipped_steps": run.skipped_steps, "disc_skipped_steps": run.disc_skipped_steps,
             "best_epoch": run.best_epoch, "best_key": self.settings["best_key"],
-            "best_score": run.best_score, "device": describe(device),
+            "best_score": run.best_score, "device": describe(device), "scan": self._scan(),
+            "precision": "fp32" if self.trainer.autocast_dtype is None else "bf16",
+            "deterministic": self.settings["deterministic"], "tf32": self.settings["tf32"],
+            "data_workers": self.settings["data_workers"],
             "peak_memory_mb": run.peak_memory_mb, "resumed": run.resumed,
             "params": count_parameters(self.trainer.generator)["total"],
         }
@@ -347,24 +352,27 @@ def validate(trainer: Trainer, dataset: EvalDataset) -> tuple[float, float]:
 
 
 class _TerminationRequest:
-    """Records a SIGTERM (SLURM time limit, a cancelled job) instead of dying at once, so
-    the run can checkpoint at the next step boundary. Only in the main thread."""
+    """Records a SIGTERM (SLURM time limit, a cancelled job, an interrupted Snakemake) or a
+    SIGINT (Ctrl-C) instead of dying at once, so the run can checkpoint at the next step
+    boundary. Only in the main thread."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self) -> None:
         self.signal: signal.Signals | None = None
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
 
     def _record(self, signum: int, _frame: Any) -> None:
         self.signal = signal.Signals(signum)
 
     def __enter__(self) -> _TerminationRequest:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._record)
+            self._previous = {sig: signal.signal(sig, self._record) for sig in self.SIGNALS}
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 class _JsonlLog:

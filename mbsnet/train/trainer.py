@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -24,7 +24,12 @@ from .losses import (
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``training.precision``: bf16 on CUDA only, else None (fp32)."""
+    """The autocast dtype for ``training.precision``: bf16 on CUDA only, else None (fp32).
+
+    Under bf16 autocast the matrix products and convolutions run in bf16; the STFT, the
+    complex masks, the losses, the Mamba scan and the LSTM recurrences stay float32. There
+    is no fp16: it would need loss scaling, and cuDNN's LSTMs under autocast are fp16 only.
+    """
     if precision == "fp32":
         return None
     if device.type != "cuda":
@@ -68,12 +73,11 @@ class Trainer:
 
     # -- the step ---------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def autocast(self) -> Iterator[None]:
+    def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast on CUDA when configured, otherwise nothing."""
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                            enabled=self.autocast_dtype is not None):
-            yield
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def enhance_spec(self, noisy_spec: torch.Tensor) -> torch.Tensor:
         """The generator's complex estimate (complex64) for a noisy STFT."""
@@ -105,8 +109,9 @@ class Trainer:
         """
         self.generator.train()
         self.discriminator.train()
-        clean = clean.to(self.device, torch.float32)
-        noisy = noisy.to(self.device, torch.float32)
+        # non-blocking: from pinned memory (TrainBatches on CUDA) the copy overlaps the GPU
+        clean = clean.to(self.device, torch.float32, non_blocking=True)
+        noisy = noisy.to(self.device, torch.float32, non_blocking=True)
         clean_spec, noisy_spec = stft(clean), stft(noisy)
 
         est_spec = self.enhance_spec(noisy_spec)
