@@ -3,6 +3,13 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 CORES  ?= 4
+# GPUs to use at once (`make report GPUS=2`): jobs that may run on CUDA each claim one.
+# Unset: no limit on GPU jobs, which then wait for a free GPU inside the job. The target
+# goes before --resources, which would take every later word as a resource.
+GPUS   ?=
+# Another config file, used instead of config.yaml, not merged over it
+# (`make report CONFIG=configs/as_coded_twins.yaml`).
+CONFIG ?=
 STAMP  := $(VENV)/.installed
 
 .PHONY: setup report test lint bench clean
@@ -18,7 +25,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 report: $(STAMP)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores $(CORES) report
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores $(CORES) report$(if $(CONFIG), --configfile $(CONFIG) --replace-workflow-config)$(if $(GPUS), --resources gpu=$(GPUS))
 
 # As root on Debian, also installs the system packages some tests need (a local SLURM
 # cluster, Chromium for the report); elsewhere those tests skip with a reason.

@@ -1,6 +1,7 @@
 # mbsnet: every configured ablation through data preparation, a pre-flight profile,
 # training, evaluation and the comparison report.
 #   snakemake --cores 4 report        (locally)
+#   snakemake --cores 8 report --resources gpu=2   (locally, two GPUs: one per GPU job)
 #   snakemake --profile slurm          (on a SLURM cluster, see README)
 from snakemake.utils import min_version
 
@@ -11,6 +12,11 @@ configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"
+
+
+# Runs once the job scheduler exists, so the handlers wrap Snakemake's own.
+onstart:
+    stop_jobs_on_interrupt()
 
 
 rule all:

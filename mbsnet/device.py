@@ -1,7 +1,9 @@
-"""Where tensors live: device selection, thread count and peak-memory readings."""
+"""Where tensors live: device selection (and the claim of a CUDA device), thread count and
+peak-memory readings."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import sys
@@ -9,23 +11,30 @@ import sys
 import torch
 
 from .errors import ConfigError
+from .gpu_claim import claim_device, physical_id
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
 def select_device(name: str = "auto", key: str = "training.device") -> torch.device:
-    """``auto``: the first visible CUDA device if there is one, else the CPU.
+    """``auto``: a CUDA device if one is visible, else the CPU; ``cuda``: a CUDA device or
+    an error; ``cpu``: the CPU.
 
-    Visibility follows ``CUDA_VISIBLE_DEVICES`` (as set by SLURM's GPU allocation), so
-    ``cuda`` always means ``cuda:0`` of the devices this process was given. ``key`` names
-    the setting in error messages (a config key or a command-line flag).
+    The CUDA device is claimed for the rest of the process (:mod:`mbsnet.gpu_claim`): the
+    one a scheduler assigned, else a visible device no other job holds, waiting while all
+    are taken, so concurrent jobs run on distinct GPUs. ``key`` names the setting in
+    error messages (a config key or a command-line flag).
     """
     if name not in DEVICE_CHOICES:
         raise ConfigError(f"{key}: '{name}' is not one of {', '.join(DEVICE_CHOICES)}")
     if name == "cpu":
         return torch.device("cpu")
     if torch.cuda.is_available():
-        return torch.device("cuda", 0)
+        device = torch.device("cuda", claim_device().index)
+        # Code that does not name a device (libraries' kernels, synchronize()) then uses the
+        # claimed one instead of creating a context on cuda:0.
+        torch.cuda.set_device(device)
+        return device
     if name == "cuda":
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         hint = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
@@ -36,6 +45,14 @@ def select_device(name: str = "auto", key: str = "training.device") -> torch.dev
     return torch.device("cpu")
 
 
+def autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast switched off for ``device_type``; a no-op where the device type has no
+    autocast (``meta``, on which the placement tests run the model)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def set_threads(threads: int) -> None:
     """Use ``threads`` CPU threads for intra-op parallelism (the job's core allocation)."""
     if threads < 1:
@@ -44,9 +61,13 @@ def set_threads(threads: int) -> None:
 
 
 def describe(device: torch.device) -> str:
-    """A human-readable device name for logs and summaries, e.g. ``cuda:0 (NVIDIA A100)``."""
+    """A human-readable device name for logs and summaries, e.g. ``cuda:0 (NVIDIA A100)``,
+    or ``cuda:1 = GPU 5 (NVIDIA A100)`` when ``CUDA_VISIBLE_DEVICES`` renumbers the devices."""
     if device.type == "cuda":
-        return f"cuda:{device.index or 0} ({torch.cuda.get_device_name(device)})"
+        index = device.index or 0
+        physical = physical_id(index)
+        where = f"cuda:{index}" if physical == str(index) else f"cuda:{index} = GPU {physical}"
+        return f"{where} ({torch.cuda.get_device_name(device)})"
     return "cpu"
 
 

@@ -2,9 +2,10 @@
 
 Root on Debian only: tests/slurm/start_cluster.sh installs and starts munge, MariaDB,
 slurmdbd, slurmctld and slurmd with one fake GPU. The tiny config then runs through the
-users' profile plus the CI overlay; every rule must run as its own SLURM job, training with
-`--gpus=1`. The resume test cancels a training job mid-run: the profile's retries resubmit
-it and the new job continues from the checkpoint.
+users' profile plus the CI overlay; every rule must run as its own SLURM job, training,
+profile and evaluation with `--gpus=1`, training and profile with CPUs for the trainer's
+worker processes. The resume test cancels a training job mid-run: the profile's retries
+resubmit it and the new job continues from the checkpoint.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ SNAKEMAKE_TIMEOUT = 900  # seconds; a hung status loop must not hang CI
 # Jobs the tiny config (two ablations, one seed) submits, by rule.
 EXPECTED_JOBS = {"prepare_data": 1, "profile": 2, "train": 2, "evaluate": 2,
                  "evaluate_noisy": 1, "report": 1}
+# Jobs that may run on CUDA (training.device auto) and ask for the node's one GPU.
+GPU_RULES = ("profile", "train", "evaluate")
+# CPUs of a training and its profile: resources.threads 1 + training.pesq_workers 1 +
+# training.data_workers 0 (the node has 2 CPUs).
+TRAINING_CPUS = 2
 
 
 def skip_reason() -> str | None:
@@ -175,11 +181,20 @@ def sbatch_calls(snakemake_output: str) -> dict[str, list[str]]:
     return calls
 
 
+def tiny_config() -> dict:
+    """The tiny config, its training sized to the test node's 2 CPUs (TRAINING_CPUS)."""
+    config = yaml.safe_load(TINY.read_text())
+    config["training"]["data_workers"] = 0
+    assert config["resources"]["threads"] + config["training"]["pesq_workers"] == TRAINING_CPUS
+    return config
+
+
 @pytest.fixture(scope="module")
 def tiny_run(slurm_cluster, tmp_path_factory):
     """The tiny config run to the report on the cluster: (workdir, snakemake output)."""
     workdir = tmp_path_factory.mktemp("slurm_run")
-    config = Path(shutil.copy(TINY, workdir / "tiny.yaml"))
+    config = workdir / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(), sort_keys=False))
     with snakemake_running(workdir, config) as (proc, log):
         return workdir, finish(proc, log)
 
@@ -195,20 +210,29 @@ def test_every_rule_runs_as_a_slurm_job(tiny_run):
     assert by_rule == EXPECTED_JOBS
     assert [j for j in jobs if j.state != "COMPLETED"] == []
 
-    # Training asked for and got one GPU; nothing else did.
+    # Training, profile and evaluation asked for and got one GPU; nothing else did. Training
+    # and its profile got CPUs for the trainer, its PESQ workers and its data workers, and
+    # the training's memory (tiny.yaml resources.train_mem_mb).
     calls = sbatch_calls(output)
     for job in jobs:
         comment = f"rule_{job.rule}" + (f"_wildcards_{job.wildcards}" if job.wildcards else "")
         (call,) = calls[comment]
-        if job.rule == "train":
-            assert " --gpus=1 " in call and "--cpus-per-gpu=" in call
+        if job.rule in GPU_RULES:
+            assert " --gpus=1 " in call, call
             assert "gres/gpu=1" in job.alloc_tres
-            # time limit and memory from the config (tiny.yaml resources.train_*)
-            assert " -t 15 " in call and " --mem 2000 " in call
         else:
             assert "--gpus" not in call
             assert "gres/gpu" not in job.alloc_tres
-            assert " -t 10 " in call and " --mem 1000 " in call   # the overlay's defaults
+        if job.rule in ("train", "profile"):
+            assert f" --cpus-per-task={TRAINING_CPUS} " in call, call
+            assert f"cpu={TRAINING_CPUS}" in job.alloc_tres
+            assert " --mem 2000 " in call
+        else:
+            assert " --cpus-per-task=1 " in call, call       # resources.threads
+            assert " --mem 1000 " in call                    # the overlay's default
+        # time limit: training's from the config (resources.train_runtime_min), else the
+        # overlay's default
+        assert (" -t 15 " if job.rule == "train" else " -t 10 ") in call
         assert " -A ci " in call and " -p local " in call
 
     # Each job's SLURM log is kept under results/logs/slurm/, named by its job id, and the
@@ -220,9 +244,13 @@ def test_every_rule_runs_as_a_slurm_job(tiny_run):
         assert logs[job.job_id].parent.relative_to(workdir / "results/logs/slurm").parts[0] \
             == f"rule_{job.rule}"
 
-    # The fake GPU has no CUDA behind it: training fell back to the CPU.
-    for summary in (workdir / "results").glob("*/seed*/train_summary.json"):
-        assert json.loads(summary.read_text())["device"] == "cpu"
+    # The fake GPU has no CUDA behind it: every job fell back to the CPU and says so.
+    results = workdir / "results"
+    recorded = [*results.glob("*/seed*/train_summary.json"), *results.glob("*/profile.json"),
+                *results.glob("*/seed*/eval/summary.json")]
+    assert len(recorded) == 6
+    for path in recorded:
+        assert json.loads(path.read_text())["device"] == "cpu", path
     for rule_log in ("prepare_data.log", "report.log"):
         assert (workdir / "results" / "logs" / rule_log).exists()
 
@@ -247,7 +275,7 @@ def test_cancelled_training_is_resubmitted_and_resumes(tiny_run):
     workdir, _ = tiny_run
     run_dir = workdir / "results" / "bsrnn" / "seed0"
     # A fresh, longer training for one ablation; the data and profile stay as they are.
-    config = yaml.safe_load(TINY.read_text())
+    config = tiny_config()
     config["training"].update(epochs=4, steps_per_epoch=6)
     config_path = workdir / "resume.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))

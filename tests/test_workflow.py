@@ -39,11 +39,34 @@ def planned_jobs(stdout: str) -> dict[str, int]:
             if m.group(1) != "total"}
 
 
+def planned_rules(stdout: str) -> list[dict]:
+    """Each job of a dry run (with -p): rule, wildcards, threads, resources, shell command."""
+    jobs = []
+    for block in re.split(r"\n\s*\n", stdout):
+        rule = re.search(r"^(?:local)?rule (\w+):$", block, re.M)
+        if not rule:
+            continue
+        fields = dict(re.findall(r"^\s+(\w+): (.*)$", block, re.M))
+        shell = re.search(r"^Shell command: (.*)$", block, re.M)
+
+        def pairs(text: str) -> dict[str, str]:
+            return dict(item.split("=", 1) for item in text.split(", ")) if text else {}
+
+        jobs.append({"rule": rule.group(1), "wildcards": pairs(fields.get("wildcards", "")),
+                     "threads": int(fields.get("threads", 1)),
+                     "resources": pairs(fields.get("resources", "")),
+                     "shell": shell.group(1) if shell else ""})
+    return jobs
+
+
 def test_dry_run_default_config_plans_every_ablation(tmp_path):
     result = snakemake(tmp_path, "-n", config=ROOT / "config.yaml")
     assert result.returncode == 0, result.stderr
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    ablations, runs = len(config["ablations"]), len(config["ablations"]) * len(config["seeds"])
+    assert ablations >= 5
     jobs = planned_jobs(result.stdout)
-    assert jobs == {"prepare_data": 1, "profile": 5, "train": 5, "evaluate": 5,
+    assert jobs == {"prepare_data": 1, "profile": ablations, "train": runs, "evaluate": runs,
                     "evaluate_noisy": 1, "report": 1, "all": 1}
 
 
@@ -113,3 +136,119 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     plan = snakemake(work, "-n", "report", config=changed)
     assert plan.returncode == 0, plan.stderr
     assert planned_jobs(plan.stdout) == {"profile": 1, "train": 1, "evaluate": 1, "report": 1}
+
+
+# --------------------------------------------------------------------------- GPUs and CPUs
+
+def test_gpu_and_cpu_requests_follow_each_ablations_training_device(tmp_path):
+    """Training, its profile and its evaluation ask for a GPU unless the ablation trains on
+    the CPU; on SLURM the training and its profile get CPUs for the trainer's threads, PESQ
+    workers and data workers, while the rule's local threads stay resources.threads."""
+    config = yaml.safe_load(TINY.read_text())
+    config["training"].update(pesq_workers=1, data_workers=3)
+    config["resources"]["threads"] = 2
+    config["ablations"]["mamba"]["training"] = {"device": "cpu", "pesq_workers": 0}
+    path = write_config(tmp_path / "devices.yaml", config)
+    result = snakemake(tmp_path, "-n", "-p", "--cores", "4", "--profile", str(ROOT / "slurm"),
+                       config=path)
+    assert result.returncode == 0, result.stderr
+    jobs = {(job["rule"], job["wildcards"].get("ablation")): job
+            for job in planned_rules(result.stdout)}
+    assert len(jobs) == 10      # prepare, noisy, report, all + 2 x (profile, train, evaluate)
+
+    for ablation, gpu, cpus, device in (("bsrnn", "1", "6", "auto"), ("mamba", "0", "5", "cpu")):
+        for rule in ("profile", "train", "evaluate"):
+            assert jobs[rule, ablation]["resources"]["gpu"] == gpu, (rule, ablation)
+            assert jobs[rule, ablation]["threads"] == 2
+        for rule in ("profile", "train"):
+            assert jobs[rule, ablation]["resources"]["cpus_per_task"] == cpus
+            assert jobs[rule, ablation]["resources"]["mem_mb"] == "2000"   # train_mem_mb
+        assert f" --device {device} " in jobs["evaluate", ablation]["shell"]
+        assert "cpus_per_task" not in jobs["evaluate", ablation]["resources"]
+    for rule in ("prepare_data", "evaluate_noisy", "report"):
+        assert "gpu" not in jobs[rule, None]["resources"], rule
+
+
+def test_make_report_passes_gpus_after_the_target():
+    def command(*args: str) -> str:
+        out = subprocess.run(["make", "-n", "-o", ".venv/.installed", "report", *args],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        (line,) = [ln for ln in out.stdout.splitlines() if "snakemake" in ln]
+        return line.split("/snakemake ", 1)[1]
+
+    assert command() == "--cores 4 report"
+    assert command("GPUS=2", "CORES=8") == "--cores 8 report --resources gpu=2"
+    assert command("CONFIG=x.yaml", "GPUS=1") == (
+        "--cores 4 report --configfile x.yaml --replace-workflow-config --resources gpu=1")
+
+
+def test_make_report_config_runs_that_config_alone(tmp_path):
+    """CONFIG replaces config.yaml: the tiny config's two ablations are planned, not the
+    default's six on top of them."""
+    out = subprocess.run(["make", "-n", "-o", ".venv/.installed", "report",
+                          f"CONFIG={TINY}"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    (line,) = [ln for ln in out.stdout.splitlines() if "/snakemake " in ln]
+    args = line.split("/snakemake ", 1)[1].split()
+    result = subprocess.run(
+        [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "-n",
+         *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert planned_jobs(result.stdout)["train"] == 2
+
+
+# --------------------------------------------------------------------------- README
+
+def readme_commands() -> list[str]:
+    """Every `snakemake ...` and `make report ...` command README.md shows, in code blocks
+    (comments included) and in inline code, whitespace normalised."""
+    text = (ROOT / "README.md").read_text()
+    fence = re.compile(r"^```[^\n]*\n(.*?)^```", re.M | re.S)
+    pieces = [part for block in fence.findall(text) for line in block.splitlines()
+              for part in line.split("#")]
+    pieces += re.findall(r"`([^`]+)`", fence.sub("", text))
+    commands = []
+    for piece in pieces:
+        found = re.search(r"(?<![\w./=-])(?:snakemake\s+\S|make report).*$", piece.strip())
+        command = " ".join(found.group(0).split()) if found else None
+        if command and command not in commands:
+            commands.append(command)
+    return commands
+
+
+README_COMMANDS = readme_commands()
+
+
+def test_readme_shows_the_local_gpu_and_slurm_commands():
+    assert "snakemake --profile slurm" in README_COMMANDS
+    assert "make report GPUS=2" in README_COMMANDS
+    assert any("--resources gpu=" in c and c.startswith("snakemake") for c in README_COMMANDS)
+
+
+@pytest.mark.parametrize("command", README_COMMANDS)
+def test_readme_command_dry_runs(command, tmp_path):
+    """Each command as shown, run from the project root (a make command as make would run
+    it), plans the whole pipeline. Without a --configfile it plans config.yaml; a config
+    that names a dataset this machine lacks is planned with the synthetic corpus instead."""
+    words = command.split()
+    if words[0] == "make":
+        out = subprocess.run(["make", "-n", "-o", ".venv/.installed", *words[1:]], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        (line,) = [ln for ln in out.stdout.splitlines() if "/snakemake " in ln]
+        words = ["snakemake", *line.split("/snakemake ", 1)[1].split()]
+    args = words[1:]
+    configs = [args[i + 1] for i, word in enumerate(args) if word == "--configfile"]
+    extra = [] if configs else ["--configfile", str(ROOT / "config.yaml")]
+    for path in configs:
+        data = yaml.safe_load((ROOT / path).read_text()).get("data", {})
+        if data.get("source") == "voicebank" and not Path(data.get("root") or "").is_dir():
+            extra += ["--config", "data={source: synthetic}"]
+    result = subprocess.run(
+        [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "-n",
+         *args, *extra], cwd=ROOT, capture_output=True, text=True, timeout=900,
+        env=dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}"))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert planned_jobs(result.stdout)["report"] == 1

@@ -65,6 +65,27 @@ def ablation_settings(wildcards):
     return config_hash(ablation_config(config, wildcards.ablation))
 
 
+def ablation_device(wildcards):
+    """The ablation's training.device: its profile and evaluation run where it trains."""
+    return ablation_config(config, wildcards.ablation)["training"]["device"]
+
+
+def gpu_request(wildcards):
+    """The `gpu` resource of a job that may run on CUDA (device auto or cuda): 1, else 0.
+    Locally `--resources gpu=N` runs N such jobs at once, each on a GPU it claims
+    (mbsnet.gpu_claim); on SLURM 1 becomes `sbatch --gpus=1`."""
+    return 0 if ablation_device(wildcards) == "cpu" else 1
+
+
+def training_cpus(wildcards):
+    """CPUs of a training job on SLURM (`--cpus-per-task`): the trainer's threads, its PESQ
+    worker processes and its data-loader workers. The profile gets the same, so it measures
+    the step on the kind of allocation it guards. Locally the rule's `threads` stay
+    resources.threads: the workers share the cores Snakemake hands out."""
+    training = ablation_config(config, wildcards.ablation)["training"]
+    return THREADS + training["pesq_workers"] + training["data_workers"]
+
+
 def evaluation_settings(wildcards):
     return config_hash(config["evaluation"])
 
@@ -80,3 +101,29 @@ def all_runs(pattern):
 
 def report_settings(wildcards):
     return config_hash(config)
+
+
+def stop_jobs_on_interrupt():
+    """On SIGINT or SIGTERM to Snakemake itself, first send SIGTERM to every running local
+    job (a training then checkpoints at its next step and exits; the job fails, so its
+    declared outputs are removed and a plain rerun resumes it), then let Snakemake handle
+    the signal as it would. Without this a training would run to its end while Snakemake
+    waits for it, and its outputs would be left marked incomplete."""
+    import signal
+
+    import psutil
+
+    def forwarding(previous):
+        def handler(signum, frame):
+            for child in psutil.Process().children(recursive=True):
+                try:
+                    child.send_signal(signal.SIGTERM)
+                except psutil.NoSuchProcess:
+                    pass
+            if callable(previous):
+                previous(signum, frame)
+
+        return handler
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, forwarding(signal.getsignal(signum)))

@@ -1,3 +1,4 @@
+# The model runs on its ablation's training.device; scoring the noisy input needs no GPU.
 rule evaluate:
     input:
         model="results/{ablation}/seed{seed}/model.pt",
@@ -14,16 +15,20 @@ rule evaluate:
         settings=evaluation_settings,
         wavs="--save-wavs" if config["evaluation"]["save_wavs"] else "",
         workers=config["evaluation"]["workers"],
+        device=ablation_device,
     log:
         "results/logs/evaluate/{ablation}_seed{seed}.log",
     benchmark:
         "results/benchmarks/evaluate/{ablation}_seed{seed}.tsv"
     threads: THREADS
+    resources:
+        gpu=gpu_request,
     conda:
         ENV
     shell:
         "mbsnet evaluate --model {input.model} --data {input.manifest} --out {params.out}"
-        " --workers {params.workers} --threads {threads} {params.wavs} > {log} 2>&1"
+        " --device {params.device} --workers {params.workers} --threads {threads}"
+        " {params.wavs} > {log} 2>&1"
 
 
 rule evaluate_noisy:

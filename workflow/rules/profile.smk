@@ -1,3 +1,5 @@
+# The pre-flight profile measures a training step, so it runs with its training's device
+# and resources (`gpu`, CPUs, memory): the memory budget is checked on the device it guards.
 rule profile:
     output:
         "results/{ablation}/profile.json",
@@ -9,6 +11,10 @@ rule profile:
     benchmark:
         "results/benchmarks/profile/{ablation}.tsv"
     threads: THREADS
+    resources:
+        gpu=gpu_request,
+        cpus_per_task=training_cpus,
+        mem_mb=config["resources"]["train_mem_mb"],
     conda:
         ENV
     shell:

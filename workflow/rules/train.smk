@@ -18,7 +18,8 @@ rule train:
         "results/benchmarks/train/{ablation}_seed{seed}.tsv"
     threads: THREADS
     resources:
-        gpu=1,
+        gpu=gpu_request,
+        cpus_per_task=training_cpus,
         runtime=config["resources"]["train_runtime_min"],
         mem_mb=config["resources"]["train_mem_mb"],
     conda:
