@@ -16,7 +16,8 @@ from torch import nn
 
 from .atomic import atomic_dir, atomic_path, write_json
 from .data.manifest import read_split
-from .enhance import enhance_waveform
+from .device import describe as describe_device
+from .enhance import enhance_waveform, model_device
 from .metrics import METRICS, iter_scores
 from .stats import t_half_width
 from .wavio import read_16k, write_wav_16k
@@ -110,5 +111,7 @@ def evaluate(manifest: str | Path, out: str | Path, *, model: nn.Module | None =
                                   desc=f"evaluate {system}"))
     table = metrics_table(rows, scores, system)
     summary = summarise(table, system)
+    # Where the model ran; the noisy input involves no model.
+    summary["device"] = None if model is None else describe_device(model_device(model))
     write_outputs(out, table, summary)
     return summary

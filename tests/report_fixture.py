@@ -25,6 +25,9 @@ QUALITY = {"noisy": 0.0, "bsrnn": 0.8, "abl1": 1.1, "abl2": 0.6, "abl3": 0.9, "o
 PARAMS = {"bsrnn": (2_410_000, 2_400_000), "abl1": (2_610_000, 1_800_000),
           "abl2": (2_590_000, 2_600_000), "abl3": (2_020_000, 2_000_000),
           "optimized": (2_290_000, 2_300_000)}
+#: (device, scan) recorded by each ablation's profile and training (default: cpu, chunked)
+PLACES = {"bsrnn": ("cpu", None), "abl1": ("cuda:0 (NVIDIA H100)", "mamba_ssm")}
+TRAINED_ON = {"abl1": ("cuda:1 = GPU 3 (NVIDIA H100)", "mamba_ssm")}
 MODEL = {"channels": 8, "decoder": "uniform",
          "stages": [{"blocks": [{"type": "lstm", "axis": "time"}]}]}
 
@@ -175,8 +178,10 @@ def _write_training(run: Path, name: str, seed: int, abl1: bool) -> None:
     summary = {"ablation": name, "seed": seed, "epochs": 3, "steps": 12,
                "wall_seconds": 3725.0 + 100 * seed, "skipped_steps": 1 if abl1 else 0,
                "disc_skipped_steps": 0, "best_epoch": 3, "best_key": "val_pesq",
-               "best_score": 1.5 + QUALITY[name], "device": "cpu", "peak_memory_mb": 900.0,
+               "best_score": 1.5 + QUALITY[name], "peak_memory_mb": 900.0,
                "resumed": 1 if abl1 else 0, "params": PARAMS[name][0]}
+    device, scan = TRAINED_ON.get(name, PLACES.get(name, ("cpu", "chunked")))
+    summary.update(device=device, scan=scan)
     (run / "train_summary.json").write_text(json.dumps(summary, indent=2))
 
 
@@ -195,7 +200,8 @@ def _write_profile(path: Path, name: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     total, claimed = PARAMS[name]
     over = name == "abl1"
-    profile = {"ablation": name, "device": "cpu",
+    device, scan = PLACES.get(name, ("cpu", "chunked"))
+    profile = {"ablation": name, "device": device, "scan": scan,
                "params": {"total": total, "per_module": {"encoder": total // 2}, "claimed": claimed,
                           "ratio": total / claimed},
                "macs_per_second": 3.1e9 + 1e8 * len(name), "flops_per_second": 6.2e9,

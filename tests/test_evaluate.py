@@ -120,6 +120,7 @@ def test_summary_statistics(noisy_eval):
     out, summary = noisy_eval
     table = pd.read_csv(out / "metrics.tsv", sep="\t", keep_default_na=False, na_values=["NaN"])
     assert summary["system"] == "noisy" and summary["n"] == 4
+    assert summary["device"] is None                  # no model ran
     assert summary["failed"]["pesq_wb"] == 1 and summary["failed"]["csig"] == 1
     pesq = table["pesq_wb"].dropna()
     overall = summary["overall"]["pesq_wb"]
@@ -146,6 +147,7 @@ def test_identity_model_scores_like_the_noisy_input(corpus, noisy_eval, tmp_path
     summary = evaluate(corpus["manifest"], tmp_path / "eval", model=Identity(),
                        system="identity", workers=1, save_wavs=True, progress=False)
     assert summary["system"] == "identity" and summary["n"] == 4
+    assert summary["device"] == "cpu"
     for metric in ("pesq_wb", "stoi", "ssnr"):
         assert summary["overall"][metric]["mean"] == pytest.approx(
             noisy["overall"][metric]["mean"], abs=1e-3)
@@ -180,14 +182,16 @@ def _tiny_model_file(path):
     return path
 
 
-def test_cli_evaluate_model(corpus, tmp_path):
+def test_cli_evaluate_model(corpus, tmp_path, capsys):
     model = _tiny_model_file(tmp_path / "model.pt")
     out = tmp_path / "eval"
     assert main(["evaluate", "--model", str(model), "--data", str(corpus["manifest"]),
                  "--out", str(out), "--workers", "1", "--device", "cpu"]) == 0
     table = pd.read_csv(out / "metrics.tsv", sep="\t", keep_default_na=False)
     assert table["system"].tolist() == ["tiny"] * 4
-    assert json.loads((out / "summary.json").read_text())["system"] == "tiny"
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["system"], summary["device"]) == ("tiny", "cpu")
+    assert "tiny: 4 utterances on cpu, PESQ " in capsys.readouterr().out
     assert not (out / "wavs").exists()
 
 

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import mbsnet.models.mamba
+import mbsnet.profiling.profile
 from mbsnet.audio import HOP, SAMPLE_RATE
 from mbsnet.cli import main
 from mbsnet.config import load_config
@@ -30,7 +31,8 @@ from mbsnet.profiling import (
     scan_flops,
 )
 from mbsnet.profiling.memory import tensor_bytes
-from mbsnet.profiling.profile import MemoryBudgetError, check_budget
+from mbsnet.profiling.profile import MemoryBudgetError, check_budget, scan_used
+from mbsnet.scan import scan_implementation
 
 MAMBA_MODEL = {"channels": 4, "decoder": "lightweight", "stages": [{"blocks": [
     {"type": "mamba", "axis": "time", "bidirectional": True, "d_state": 3},
@@ -107,7 +109,7 @@ def test_mamba_flops_are_the_counter_without_the_scan_plus_the_analytic_scan(mon
 
     # the rest must equal what the counter sees with the scan replaced by a free stand-in
     monkeypatch.setattr(mbsnet.models.mamba, "selective_scan",
-                        lambda x, delta, A, B, C, D: x * D)
+                        lambda x, delta, A, B, C, D, mode="exact": x * D)
     spec = torch.randn(1, 257, FRAMES, dtype=torch.complex64)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model.eval()(spec)
@@ -160,11 +162,12 @@ def profile(tmp_path_factory):
 
 def test_profile_json_has_every_key_with_sane_values(profile):
     data, config = profile
-    expected = {"ablation", "device", "params", "macs_per_second", "flops_per_second",
+    expected = {"ablation", "device", "scan", "params", "macs_per_second", "flops_per_second",
                 "flops_method", "peak_train_memory_mb", "memory_method", "train_step_seconds",
                 "inference_rtf", "batch_size", "crop_seconds", "budget_gb", "within_budget"}
     assert expected <= set(data)
     assert data["ablation"] == "mamba" and data["device"] == "cpu"
+    assert data["scan"] == scan_implementation(torch.device("cpu"), "exact")
     counted = count_parameters(build_model(MAMBA_MODEL))
     assert data["params"] == {"total": counted["total"], "per_module": counted["per_module"],
                               "claimed": 1000, "ratio": counted["total"] / 1000}
@@ -179,6 +182,18 @@ def test_profile_json_has_every_key_with_sane_values(profile):
     assert (data["batch_size"], data["crop_seconds"]) == (2, 0.5)
     assert data["budget_gb"] == 12 and data["within_budget"] is True
     assert data["warnings"] == []                  # the discriminator step ran every time
+
+
+def test_profile_names_the_scan_of_the_mamba_blocks_on_the_device(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert scan_used(MAMBA_MODEL, cpu) == scan_implementation(cpu, "exact")
+    asked = []
+    monkeypatch.setattr(mbsnet.profiling.profile, "scan_implementation",
+                        lambda device, mode: asked.append((device, mode)) or f"{mode} scan")
+    assert scan_used(LSTM_MODEL, cuda) is None          # no Mamba block: no scan at all
+    assert scan_used(MAMBA_MODEL, cuda) == "exact scan"
+    assert scan_used({**MAMBA_MODEL, "scan": "as_coded"}, cuda) == "as_coded scan"
+    assert asked == [(cuda, "exact"), (cuda, "as_coded")]
 
 
 def test_tiny_budget_fails_with_a_clear_message_and_writes_nothing(tmp_path, capsys):

@@ -200,6 +200,44 @@ def test_missing_pieces_render_as_missing_cells(report):
     assert "missing [1]" in md and "] missing: not profiled (no abl2/profile.json)" in md
 
 
+def test_devices_and_scans_of_each_ablation(report):
+    rows = {r[0]: r[1:] for r in _tables(report.read_text())["devices"]}
+    assert list(rows) == list(ALL)
+    assert rows["bsrnn"] == ["cpu", "none (no Mamba block)", "cpu", "none (no Mamba block)", ""]
+    # profiled and trained on the same kind of GPU, with different indices: no note
+    assert rows["abl1"] == ["cuda:0 (NVIDIA H100)", "mamba_ssm",
+                            "cuda:1 = GPU 3 (NVIDIA H100)", "mamba_ssm", ""]
+    assert rows["abl2"] == ["missing: not profiled", "missing: not profiled", "cpu", "chunked",
+                            ""]
+    assert rows["abl3"][2:] == ["not trained", "not trained", ""]
+
+
+def test_a_profile_on_another_device_or_scan_than_the_training_is_flagged(tmp_path):
+    config, results = make_results_tree(tmp_path, ablations=("bsrnn", "abl1"), seeds=(0, 1))
+    summary_path = results / "abl1" / "seed1" / "train_summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary.update(device="cpu", scan="chunked")
+    summary_path.write_text(json.dumps(summary))
+    old = results / "bsrnn" / "profile.json"         # written before profiles recorded a scan
+    old.write_text(json.dumps({k: v for k, v in json.loads(old.read_text()).items()
+                               if k != "scan"}))
+    rows = {p.system: p for p in collect.placements(collect.load_results(
+        results, load_config(config)))}
+    abl1 = rows["abl1"]
+    assert abl1.train_device == ("cuda:1 = GPU 3 (NVIDIA H100) (seed 0); cpu (seed 1)")
+    assert abl1.train_scan == "mamba_ssm (seed 0); chunked (seed 1)"
+    assert abl1.notes == ["profiled on NVIDIA H100 but trained on cpu: the memory budget was "
+                          "checked on another device",
+                          "profiled with the mamba_ssm scan but trained with chunked"]
+    assert (rows["bsrnn"].profile_scan, rows["bsrnn"].notes) == ("not recorded", [])
+
+
+def test_device_kind_ignores_the_index():
+    assert collect.device_kind("cuda:1 = GPU 5 (NVIDIA A100)") == "NVIDIA A100"
+    assert collect.device_kind("cuda:0 (NVIDIA A100)") == "NVIDIA A100"
+    assert collect.device_kind("cpu") == "cpu"
+
+
 def test_corrupt_files_render_as_missing(tmp_path, monkeypatch):
     config, results = make_results_tree(tmp_path)
     (results / "bsrnn" / "seed0" / "train_summary.json").write_text("{not json")

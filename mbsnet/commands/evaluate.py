@@ -48,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
                            split=args.split, workers=args.workers, save_wavs=args.save_wavs)
     overall = summary["overall"]
     failed = sum(summary["failed"].values())
-    print(f"{summary['system']}: {summary['n']} utterances, PESQ {_fmt(overall['pesq_wb'])}, "
+    where = f" on {summary['device']}" if summary["device"] else ""
+    print(f"{summary['system']}: {summary['n']} utterances{where}, "
+          f"PESQ {_fmt(overall['pesq_wb'])}, "
           f"STOI {_fmt(overall['stoi'])}, SI-SDR {_fmt(overall['si_sdr'])}"
           f"{f', {failed} failed metric values' if failed else ''} -> {args.out}")
     return 0

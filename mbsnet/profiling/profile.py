@@ -23,7 +23,8 @@ from ..audio import SAMPLE_RATE
 from ..config import ablation_config
 from ..device import describe
 from ..errors import MbsnetError
-from ..models import count_parameters
+from ..models import count_parameters, parse_model_config
+from ..scan import scan_implementation
 from .flops import METHOD as FLOPS_METHOD
 from .flops import count_inference_flops
 from .memory import measure_step_memory, training_state
@@ -116,7 +117,9 @@ def profile_ablation(config: Mapping[str, Any], name: str, device: torch.device,
         generator = trainer.generator
         params = count_parameters(generator)
         claimed = ablation.get("claimed_params")
-        log(f"[{name}] {params['total']:,} parameters on {describe(device)}; counting FLOPs")
+        scan = scan_used(ablation["model"], device)
+        log(f"[{name}] {params['total']:,} parameters on {describe(device)}"
+            f"{f', {scan} scan' if scan else ''}; counting FLOPs")
         with _phase(phases, "flops"):
             flops = count_inference_flops(generator, crop, device)
 
@@ -158,6 +161,7 @@ def profile_ablation(config: Mapping[str, Any], name: str, device: torch.device,
     return {
         "ablation": name,
         "device": describe(device),
+        "scan": scan,
         "params": {"total": params["total"], "per_module": params["per_module"],
                    "claimed": claimed,
                    "ratio": params["total"] / claimed if claimed else None},
@@ -184,6 +188,12 @@ def profile_ablation(config: Mapping[str, Any], name: str, device: torch.device,
         "phase_seconds": phases,
         "warnings": warnings,
     }
+
+
+def scan_used(model_cfg: Mapping[str, Any], device: torch.device) -> str | None:
+    """The selective scan the model's Mamba blocks run on ``device`` (None: no Mamba block)."""
+    spec = parse_model_config(model_cfg)
+    return scan_implementation(device, spec.scan) if spec.has_mamba else None
 
 
 def _step_warnings(outcomes: list[dict]) -> list[str]:

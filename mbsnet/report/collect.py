@@ -491,6 +491,82 @@ def _read_wav(path: Path, shown: str, rate: int) -> np.ndarray | Missing:
     return wave.mean(axis=1)
 
 
+# --------------------------------------------------------------------------- devices
+
+
+@dataclass
+class Placement:
+    """Where an ablation's profile and trainings ran and which selective scan they ran
+    (as profile.json and train_summary.json record them), and how the two disagree."""
+
+    system: str
+    profile_device: str
+    profile_scan: str
+    train_device: str
+    train_scan: str
+    notes: list[str]
+
+
+NOT_RECORDED = "not recorded"
+NO_SCAN = "none (no Mamba block)"
+
+
+def _device_and_scan(record: dict) -> tuple[str, str]:
+    device = str(record["device"]) if record.get("device") else NOT_RECORDED
+    scan = NOT_RECORDED if "scan" not in record else NO_SCAN if record["scan"] is None \
+        else str(record["scan"])
+    return device, scan
+
+
+def device_kind(device: str) -> str:
+    """What a device string names regardless of its index: ``cpu`` or the GPU's model
+    (``cuda:1 = GPU 5 (NVIDIA A100)`` -> ``NVIDIA A100``)."""
+    if "(" in device and device.endswith(")"):
+        return device[device.index("(") + 1:-1]
+    return device.split(":")[0]
+
+
+def _by_seed(values: dict[int, str]) -> str:
+    """One value, or each distinct value with its seeds."""
+    distinct = list(dict.fromkeys(values.values()))
+    if len(distinct) == 1:
+        return distinct[0]
+    return "; ".join(f"{v} (seed {', '.join(str(s) for s, w in values.items() if w == v)})"
+                     for v in distinct)
+
+
+def placements(results: Results) -> list[Placement]:
+    """One :class:`Placement` per ablation; what is absent says why."""
+    rows = []
+    for system in results.ablations:
+        profile = system.profile
+        profile_device, profile_scan = _device_and_scan(profile) \
+            if isinstance(profile, dict) else (str(profile), str(profile))
+        trained = {run.seed: _device_and_scan(run.train_summary) for run in system.runs
+                   if isinstance(run.train_summary, dict)}
+        if trained:
+            train_device = _by_seed({s: d for s, (d, _) in trained.items()})
+            train_scan = _by_seed({s: sc for s, (_, sc) in trained.items()})
+        else:
+            train_device = train_scan = "not trained"
+        notes = []
+        if isinstance(profile, dict):
+            kinds = {device_kind(d) for d, _ in trained.values() if d != NOT_RECORDED}
+            other = sorted(kinds - {device_kind(profile_device)})
+            if profile_device != NOT_RECORDED and other:
+                notes.append(f"profiled on {device_kind(profile_device)} but trained on "
+                             f"{', '.join(other)}: the memory budget was checked on another "
+                             "device")
+            scans = sorted({sc for _, sc in trained.values() if sc != NOT_RECORDED}
+                           - {profile_scan})
+            if profile_scan != NOT_RECORDED and scans:
+                notes.append(f"profiled with the {profile_scan} scan but trained with "
+                             f"{', '.join(scans)}")
+        rows.append(Placement(system.name, profile_device, profile_scan, train_device,
+                              train_scan, notes))
+    return rows
+
+
 # --------------------------------------------------------------------------- health
 
 

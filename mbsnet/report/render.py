@@ -336,6 +336,7 @@ def build_report(config: Mapping[str, Any], results_dir: str | Path,
         "noise_tables": _noise_context(results),
         "example": example,
         "health": collect.health(results),
+        "placements": collect.placements(results),
         "provenance": provenance(config, project_dir, _devices(results)),
     }
     html = _environment().get_template("report.html.j2").render(**context)
