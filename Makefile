@@ -42,6 +42,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/scan.py --json results/benchmarks/scan.json
+	$(BIN)/python benchmarks/scan.py --count-ops --json results/benchmarks/scan_ops.json
 	$(BIN)/python benchmarks/ablations.py --batch-size 6 --crop-seconds 2 --threads 1 --json results/benchmarks/ablations.json
 	$(BIN)/python benchmarks/metrics.py --json results/benchmarks/metrics.json
 
