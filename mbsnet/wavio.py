@@ -24,8 +24,18 @@ AUDIO_SUFFIXES = frozenset("." + fmt.lower() for fmt in sf.available_formats())
 _READ_ERRORS = (sf.LibsndfileError, RuntimeError, OSError)
 
 
+def _check_is_file(path: str | Path) -> None:
+    """libsndfile says only "System error" for a missing file or a folder; say which."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a folder, not an audio file")
+    if not path.exists():
+        raise DataError(f"audio file {path} does not exist")
+
+
 def audio_info(path: str | Path) -> sf._SoundFileInfo:
     """The header of an audio file (rate, channels, frames) without reading the samples."""
+    _check_is_file(path)
     try:
         return sf.info(str(path))
     except _READ_ERRORS as exc:
@@ -54,6 +64,7 @@ def read_audio(path: str | Path, *, dtype: str = "float64", start: int = 0, fram
     """Samples in [-1, 1] (channels last; 1-D for mono unless ``always_2d``) and the rate.
     ``start``/``frames`` read a slice (``frames=-1``: to the end). NaN/Inf samples are a
     DataError naming the file and the sample."""
+    _check_is_file(path)
     try:
         samples, rate = sf.read(str(path), start=start, frames=frames, dtype=dtype,
                                 always_2d=always_2d)

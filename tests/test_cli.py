@@ -39,3 +39,27 @@ def test_a_failed_write_is_one_line_naming_the_path(monkeypatch, capsys):
     assert main(["score", "a.wav", "b.wav"]) == 2
     assert capsys.readouterr().err == (
         "mbsnet score: error: Permission denied: results/abl1/profile.json\n")
+
+
+@pytest.mark.parametrize("command", [
+    ["evaluate", "--noisy", "--data", "DATA", "--out", "OUT"],
+    ["profile", "--config", "CONFIG", "--ablation", "bsrnn", "--out", "OUT/profile.json"],
+    ["report", "--config", "CONFIG", "--results", "RESULTS", "--out", "OUT/report.html"],
+], ids=["evaluate", "profile", "report"])
+def test_unwritable_output_is_one_line_before_any_work(command, tmp_path, capsys):
+    """A file where the output folder should be: refused before the work starts."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+    (tmp_path / "results").mkdir()
+    values = {"DATA": str(tmp_path / "manifest.tsv"), "OUT": str(blocker / "out"),
+              "CONFIG": str(root / "tests" / "configs" / "tiny.yaml"),
+              "RESULTS": str(tmp_path / "results")}
+    argv = [values.get(word, word) for word in command]
+    argv = [word.replace("OUT", str(blocker / "out")) for word in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write to {blocker / 'out'}: Not a directory" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -615,8 +616,17 @@ def test_load_model_errors_name_the_file(tmp_path):
     mismatch = tmp_path / "mismatch.pt"
     save_model(mismatch, build_model(TINY), ablation="tiny",
                model_cfg=_set(TINY, ["channels"], 4), config={})
-    with pytest.raises(MbsnetError, match="weights do not match"):
+    with pytest.raises(MbsnetError, match="weights do not match") as caught:
         load_model(mismatch)
+    message = str(caught.value)
+    assert "\n" not in message and len(message) < 600
+    assert re.search(r"\d+ shape differs: \S+ \(\d+(, \d+)*\) vs \(\d+(, \d+)*\)", message)
+    with pytest.raises(MbsnetError, match="is a folder; expected a model file"):
+        load_model(tmp_path)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(MbsnetError, match=r"empty.pt is empty \(0 bytes\), not a model file"):
+        load_model(empty)
 
 
 # --- mbsnet params --------------------------------------------------------------------

@@ -720,7 +720,7 @@ def test_unknown_ablation_is_a_config_error(manifest, tmp_path):
 def test_unwritable_output_directory_is_a_clear_error(manifest, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    with pytest.raises(MbsnetError, match="cannot write to the output directory"):
+    with pytest.raises(MbsnetError, match=f"cannot write to {blocker / 'run' / 'checkpoint'}"):
         run_training(tiny_config(), manifest, blocker / "run")
 
 
@@ -745,3 +745,34 @@ def test_cli_reports_bad_input_without_traceback(manifest, tmp_path, capsys):
     assert cli.main(base + ["--ablation", "bsrnn", "--data", str(tmp_path / "no.tsv")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mbsnet train: error: data manifest") and "Traceback" not in err
+
+
+def test_negative_seed_and_zero_threads_are_clear_errors(manifest, tmp_path):
+    with pytest.raises(ConfigError, match="seed must be an integer >= 0.*got -1"):
+        loop.train(tiny_config(), "bsrnn", -1, tmp_path / "a", manifest, threads=1)
+    with pytest.raises(ConfigError, match="threads must be at least 1, got 0"):
+        loop.train(tiny_config(), "bsrnn", 0, tmp_path / "b", manifest, threads=0)
+
+
+def test_a_rerun_removes_what_a_killed_run_left_half_written(manifest, tmp_path, capsys):
+    out = tmp_path / "run"
+    litter = [out / ".model.pt.abc123.tmp", out / "checkpoint" / ".last.pt.def456.tmp"]
+    for path in litter:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half a checkpoint")
+    run_training(tiny_config(epochs=1, steps_per_epoch=1), manifest, out)
+    assert not any(path.exists() for path in litter)
+    printed = capsys.readouterr().out
+    assert f"removed {litter[0]}, left half-written by an interrupted run" in printed
+
+
+def test_resuming_a_finished_run_says_so(manifest, tmp_path, capsys):
+    out = tmp_path / "run"
+    config = tiny_config(epochs=1, steps_per_epoch=1)
+    run_training(config, manifest, out)
+    (out / "model.pt").unlink()  # as if killed while writing the outputs
+    capsys.readouterr()
+    run_training(config, manifest, out)
+    printed = capsys.readouterr().out + capsys.readouterr().err
+    assert "all 1 epochs done, writing the outputs" in printed
+    assert "epoch 2" not in printed

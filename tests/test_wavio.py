@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -78,3 +80,24 @@ def test_write_wav_16k_clips_and_leaves_no_temporary_file(tmp_path):
     assert data[0] == 0 and data[2] == 32767 and data[3] == -32768
     assert abs(data[1] - 16384) <= 1
     assert [p.name for p in tmp_path.iterdir()] == ["out.wav"]
+
+
+@pytest.mark.parametrize("reader", [audio_info, read_audio])
+def test_a_missing_file_or_a_folder_is_named_as_such(tmp_path, reader):
+    with pytest.raises(DataError, match=f"audio file {tmp_path / 'gone.wav'} does not exist"):
+        reader(tmp_path / "gone.wav")
+    with pytest.raises(DataError, match=f"{tmp_path} is a folder, not an audio file"):
+        reader(tmp_path)
+
+
+def test_a_float_file_with_nan_is_refused_naming_the_sample(tmp_path):
+    path = tmp_path / "nan.wav"
+    samples = np.zeros((100, 2))
+    samples[42, 1] = np.inf
+    sf.write(path, samples, 16000, subtype="FLOAT")
+    expected = f"{path}: sample 42 is inf (1 non-finite samples)"
+    with pytest.raises(DataError, match=re.escape(expected)):
+        read_audio(path)
+    with pytest.raises(DataError, match="sample 42 is inf"):
+        write_wav_16k(tmp_path / "out.wav", samples[:, 1])
+    assert not (tmp_path / "out.wav").exists()

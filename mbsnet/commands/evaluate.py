@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..atomic import check_writable
 from ..device import DEVICE_CHOICES, select_device, set_threads
 from ..errors import ConfigError
 from ..evaluate import NOISY, evaluate
@@ -34,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     if args.threads is not None:
         set_threads(args.threads)
+    check_writable(args.out)
     if args.noisy:
         if args.save_wavs:
             raise ConfigError("--save-wavs needs --model (the noisy input is already on disk)")

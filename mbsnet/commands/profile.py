@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 HELP = ("Measure one ablation before training (parameters, inference MACs/FLOPs per second, "
         "peak memory and median time of a full training step, inference real-time factor) "
@@ -31,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..atomic import write_json
+    from ..atomic import check_writable, write_json
     from ..config import ablation_config, load_config
     from ..device import select_device, set_threads
     from ..errors import ConfigError
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(f"{exc} (--warmup-steps, --steps, --inference-runs)") from exc
     set_threads(args.threads if args.threads is not None else config["resources"]["threads"])
+    check_writable(Path(args.out).parent)
     device = select_device(args.device or training["device"])
     profile = profile_ablation(config, args.ablation, device, options,
                                log=lambda line: print(line, flush=True))

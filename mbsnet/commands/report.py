@@ -22,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..atomic import check_writable
     from ..report import write_report
 
     config = load_config(args.config)
@@ -29,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     if not results.is_dir():
         raise DataError(f"results directory {results} does not exist (run the workflow first)")
     out = Path(args.out) if args.out else results / "report.html"
+    check_writable(out.parent)
     paths = write_report(config, results, out, project_dir=Path.cwd())
     print("report: wrote " + ", ".join(str(p) for p in paths))
     return 0

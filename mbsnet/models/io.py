@@ -37,6 +37,25 @@ def save_model(path: str | Path, model: nn.Module, *, ablation: str,
         torch.save(payload, tmp)
 
 
+def state_dict_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor],
+                        shown: int = 3) -> str:
+    """A one-line summary of how ``state`` differs from ``model``'s parameters and buffers
+    (missing, unexpected and differently shaped names, the first few of each), or ""."""
+    expected = model.state_dict()
+    groups = {
+        "missing": [k for k in expected if k not in state],
+        "unexpected": [k for k in state if k not in expected],
+        "shape differs": [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+                          for k, v in expected.items() if k in state and state[k].shape != v.shape],
+    }
+    parts = []
+    for label, names in groups.items():
+        if names:
+            more = f", ... {len(names) - shown} more" if len(names) > shown else ""
+            parts.append(f"{len(names)} {label}: {', '.join(names[:shown])}{more}")
+    return "; ".join(parts)
+
+
 def load_model(path: str | Path, map_location: str | torch.device = "cpu"
                ) -> tuple[BandSplitNet, dict[str, Any]]:
     """Rebuild the network saved by :func:`save_model`, in eval mode.
@@ -45,12 +64,18 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu"
     Raises MbsnetError naming the file if it is missing, corrupt or inconsistent.
     """
     path = Path(path)
+    if path.is_dir():
+        raise MbsnetError(f"{path} is a folder; expected a model file (e.g. {path / 'model.pt'})")
     if not path.is_file():
         raise MbsnetError(f"model file {path} does not exist")
+    if path.stat().st_size == 0:
+        raise MbsnetError(f"{path} is empty (0 bytes), not a model file; was its training "
+                          "interrupted while writing it?")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
-        raise MbsnetError(f"{path} is not a readable model file: {exc}") from exc
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MbsnetError(f"{path} is not a readable model file: {reason}") from exc
     if not isinstance(payload, dict) or any(key not in payload for key in REQUIRED_KEYS):
         missing = [k for k in REQUIRED_KEYS if not isinstance(payload, dict) or k not in payload]
         raise MbsnetError(f"{path} is not an mbsnet model file (missing {', '.join(missing)})")
@@ -58,10 +83,10 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu"
         model = build_model(payload["model"])
     except ConfigError as exc:
         raise MbsnetError(f"{path}: its model settings are invalid: {exc}") from exc
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
-        raise MbsnetError(f"{path}: weights do not match its model settings: {exc}") from exc
+    problems = state_dict_mismatch(model, payload["state_dict"])
+    if problems:
+        raise MbsnetError(f"{path}: weights do not match its model settings ({problems})")
+    model.load_state_dict(payload["state_dict"])
     model.to(map_location).eval()
     info = {k: v for k, v in payload.items() if k != "state_dict"}
     return model, info

@@ -21,7 +21,6 @@ import math
 import random
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -32,13 +31,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..atomic import write_json, write_text
+from ..atomic import check_writable, write_json, write_text
 from ..audio import stft
 from ..config import ablation_config, config_hash
 from ..data.datasets import EvalDataset, TrainDataset
 from ..device import describe, peak_memory_mb, reset_peak_memory, select_device, set_threads
 from ..enhance import enhance_waveform
-from ..errors import DataError, MbsnetError
+from ..errors import ConfigError, DataError, MbsnetError
 from ..models import count_parameters, save_model
 from ..models.mamba import MambaBlock
 from ..scan import scan_implementation
@@ -72,6 +71,15 @@ class RunPaths:
         self.log = self.out / "train_log.jsonl"
         self.summary = self.out / "train_summary.json"
 
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete half-written files a killed run left (``.NAME.*.tmp`` beside model.pt and
+        the checkpoints); one run writes this folder at a time, so none is in use."""
+        stale = [p for folder in (self.out, self.checkpoint_dir) if folder.is_dir()
+                 for p in folder.glob(".*.tmp")]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return stale
+
 
 def train(config: Mapping[str, Any], ablation: str, seed: int, out_dir: str | Path,
           manifest: str | Path, *, threads: int | None = None,
@@ -88,8 +96,12 @@ def train(config: Mapping[str, Any], ablation: str, seed: int, out_dir: str | Pa
     if not manifest.is_file():
         raise DataError(f"data manifest {manifest} does not exist; run `mbsnet prepare` first "
                         "(or pass --data)")
+    if seed < 0:
+        raise ConfigError(f"seed must be an integer >= 0 (as in config.yaml's seeds), got {seed}")
     paths = RunPaths(out_dir)
-    _check_writable(paths.checkpoint_dir)
+    check_writable(paths.checkpoint_dir)
+    for stale in paths.remove_stale_temporaries():
+        print(f"removed {stale}, left half-written by an interrupted run", flush=True)
 
     train_set = TrainDataset(manifest, split="train", crop_seconds=settings["crop_seconds"],
                              seed=seed)
@@ -101,7 +113,7 @@ def train(config: Mapping[str, Any], ablation: str, seed: int, out_dir: str | Pa
     # before the first CUDA call: cuBLAS reads its workspace setting once
     with numerics(settings["deterministic"], settings["tf32"]):
         device = select_device(settings["device"])
-        set_threads(threads or config["resources"]["threads"])
+        set_threads(threads if threads is not None else config["resources"]["threads"])
         seed_everything(seed)
         with Trainer(ablation_cfg, config, device) as trainer, \
                 TrainBatches(train_set, batch_size=settings["batch_size"],
@@ -176,9 +188,11 @@ class _Run:
                 self.log = _JsonlLog(self.paths.live_log, truncate_to=self.run.log_bytes)
                 self.log.write({"kind": "resume", "epoch": self.run.epoch + 1,
                                 "step": self.run.global_step, "from": str(self.paths.last)})
-                self.progress.note(f"resuming from {self.paths.last}: epoch "
-                                   f"{self.run.epoch + 1}, step {self.run.step} of "
-                                   f"{self.steps} ({self.run.global_step} done)")
+                where = (f"all {self.epochs} epochs done, writing the outputs"
+                         if self.run.epoch >= self.epochs else
+                         f"epoch {self.run.epoch + 1} of {self.epochs}, step {self.run.step} "
+                         f"of {self.steps} ({self.run.global_step} steps done)")
+                self.progress.note(f"resuming from {self.paths.last}: {where}")
                 return
             self.progress.note(f"{self.paths.last} was written with other settings, seed or "
                                "data; starting from scratch")
@@ -434,16 +448,6 @@ class _Progress:
                   f"{_fmt(line['gen_loss'])}, val loss {_fmt(line['val_loss'])}, val PESQ "
                   f"{_fmt(line['val_pesq'])}, skipped {line['skipped_steps']}, "
                   f"discriminator skipped {line['disc_skipped']}")
-
-
-def _check_writable(directory: Path) -> None:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except OSError as exc:
-        raise MbsnetError(f"cannot write to the output directory {directory}: "
-                          f"{exc.strerror or exc}") from exc
 
 
 def _file_digest(path: Path) -> str:
