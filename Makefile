@@ -12,17 +12,25 @@ GPUS   ?=
 CONFIG ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup report test lint bench clean
+.PHONY: setup report test lint lock bench clean
 
 setup: $(STAMP)
 
-# Editable install with pinned dependencies. torch==2.13.0 is a CPU build
-# locally; on a CUDA machine, install your torch first and pip keeps it.
-$(STAMP): pyproject.toml
+# Editable install; every dependency at the version of constraints.txt (the environment the
+# tests last passed in). torch==2.13.0 is a CPU build locally; on a CUDA machine, install
+# your CUDA build of torch 2.13.0 first and pip keeps it. pesq is built from source: it
+# needs a C compiler and the Python headers (Debian: gcc, python3.11-dev).
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
+
+# Rewrite constraints.txt from .venv (after the tests passed with upgraded dependencies).
+lock: $(STAMP)
+	{ sed -n '1,/^[^#]/{/^#/p}' constraints.txt; \
+	  $(BIN)/python -m pip freeze --exclude-editable | sed 's/^torch==\([0-9.]*\)+.*/torch==\1/'; \
+	} > constraints.txt.tmp && mv constraints.txt.tmp constraints.txt
 
 report: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores $(CORES) report$(if $(CONFIG), --configfile $(CONFIG) --replace-workflow-config)$(if $(GPUS), --resources gpu=$(GPUS))
