@@ -11,11 +11,16 @@ min_version("9.20")
 configfile: "config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 
 
-# Runs once the job scheduler exists, so the handlers wrap Snakemake's own.
+# Runs when jobs are about to run (not when parsing, linting or dry-running), once the job
+# scheduler exists, so that the signal handlers wrap Snakemake's own.
 onstart:
+    write_resolved_config()
     stop_jobs_on_interrupt()
 
 

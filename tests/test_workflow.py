@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,19 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     again = snakemake(work, "--cores", "2", "report", config=config_path)
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
+    assert (work / "results" / "config" / "resolved.yaml").is_file()  # written at run time
+
+    # Snakemake's own report: the tagged outputs with their captions and the description
+    zipped = work / "snakemake-report.zip"
+    built = snakemake(work, "--report", str(zipped), config=config_path)
+    assert built.returncode == 0, built.stderr[-2000:]
+    with zipfile.ZipFile(zipped) as archive:
+        text = "".join(archive.read(name).decode(errors="replace")
+                       for name in archive.namelist() if not name.endswith((".tsv", ".html"))
+                       or name.endswith("report.html"))
+    for words in ("trained, evaluated and compared on one corpus",  # workflow description
+                  "mbsnet&#x27;s comparison report", "Per-utterance scores of mamba"):
+        assert words in text or words.replace("&#x27;", "'") in text, words
 
     # Changing one ablation's settings reruns that ablation and the report only.
     config = yaml.safe_load(TINY.read_text())
@@ -205,7 +219,7 @@ def readme_commands() -> list[str]:
     """Every `snakemake ...` and `make report ...` command README.md shows, in code blocks
     (comments included) and in inline code, whitespace normalised."""
     text = (ROOT / "README.md").read_text()
-    fence = re.compile(r"^```[^\n]*\n(.*?)^```", re.M | re.S)
+    fence = re.compile(r"^[ \t]*```[^\n]*\n(.*?)^[ \t]*```", re.M | re.S)
     pieces = [part for block in fence.findall(text) for line in block.splitlines()
               for part in line.split("#")]
     pieces += re.findall(r"`([^`]+)`", fence.sub("", text))
@@ -213,7 +227,8 @@ def readme_commands() -> list[str]:
     for piece in pieces:
         found = re.search(r"(?<![\w./=-])(?:snakemake\s+\S|make report).*$", piece.strip())
         command = " ".join(found.group(0).split()) if found else None
-        if command and command not in commands:
+        # `snakemake --report` packs a finished run: the end-to-end test builds it
+        if command and "--report" not in command.split() and command not in commands:
             commands.append(command)
     return commands
 
@@ -252,3 +267,10 @@ def test_readme_command_dry_runs(command, tmp_path):
         env=dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}"))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert planned_jobs(result.stdout)["report"] == 1
+
+
+@pytest.mark.parametrize("mode", ["-n", "--lint"])
+def test_parsing_linting_and_dry_runs_write_no_results(tmp_path, mode):
+    result = snakemake(tmp_path, mode, config=shutil.copy(TINY, tmp_path / "tiny.yaml"))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert not (tmp_path / "results").exists()

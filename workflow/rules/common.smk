@@ -33,19 +33,19 @@ wildcard_constraints:
     seed="|".join(SEEDS),
 
 
-def resolved_config_path():
-    """The validated config with defaults, written once per change for the mbsnet commands."""
-    path = Path("results/config/resolved.yaml")
+RESOLVED_CONFIG = "results/config/resolved.yaml"
+
+
+def write_resolved_config():
+    """Write the validated config with defaults, which the mbsnet commands read, when it
+    changed. Called from onstart, so that parsing, linting and dry runs write nothing."""
+    path = Path(RESOLVED_CONFIG)
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
     if not path.exists() or path.read_text() != text:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(text)
         tmp.replace(path)
-    return str(path)
-
-
-RESOLVED_CONFIG = resolved_config_path()
 
 
 def dataset_input(wildcards):

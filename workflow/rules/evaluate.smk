@@ -6,6 +6,7 @@ rule evaluate:
     output:
         metrics=report(
             "results/{ablation}/seed{seed}/eval/metrics.tsv",
+            caption="../report/metrics.rst",
             category="Evaluation",
             labels={"ablation": "{ablation}", "seed": "{seed}", "table": "per-utterance metrics"},
         ),
@@ -37,6 +38,7 @@ rule evaluate_noisy:
     output:
         metrics=report(
             "results/noisy/eval/metrics.tsv",
+            caption="../report/metrics.rst",
             category="Evaluation",
             labels={"ablation": "noisy", "seed": "-", "table": "per-utterance metrics"},
         ),

@@ -5,8 +5,18 @@ rule report:
         profiles=expand("results/{ablation}/profile.json", ablation=ABLATIONS),
         noisy="results/noisy/eval/metrics.tsv",
     output:
-        html=report("results/report.html", category="Report", labels={"file": "report"}),
-        tsv=report("results/summary.tsv", category="Report", labels={"file": "summary table"}),
+        html=report(
+            "results/report.html",
+            caption="../report/report_html.rst",
+            category="Report",
+            labels={"file": "report"},
+        ),
+        tsv=report(
+            "results/summary.tsv",
+            caption="../report/summary_tsv.rst",
+            category="Report",
+            labels={"file": "summary table"},
+        ),
         md="results/summary.md",
     params:
         config=RESOLVED_CONFIG,
