@@ -83,7 +83,50 @@ def validate_config(config: Mapping[str, Any], source: str = "config") -> dict:
             f"{source}: report.baseline '{baseline}' is not one of the ablations "
             f"({', '.join(resolved['ablations'])})"
         )
+    _check_lineage(resolved, source)
     return resolved
+
+
+def ablation_parents(config: Mapping[str, Any]) -> dict[str, str]:
+    """Each ablation's parent in the ablation study, the ablation it is one change away
+    from: its ``parent``, else ``report.baseline`` when that is another configured
+    ablation. Ablations with neither (the baseline itself, usually) are roots, absent here.
+    """
+    ablations = config["ablations"]
+    baseline = (config.get("report") or {}).get("baseline")
+    parents = {}
+    for name, entry in ablations.items():
+        parent = entry.get("parent")
+        if parent is None and baseline in ablations and baseline != name:
+            parent = baseline
+        if parent is not None:
+            parents[name] = parent
+    return parents
+
+
+def _check_lineage(resolved: Mapping[str, Any], source: str) -> None:
+    """Every ``parent`` names a configured ablation, and following parents never loops."""
+    ablations = resolved["ablations"]
+    for name, entry in ablations.items():
+        parent = entry.get("parent")
+        if parent is not None and parent not in ablations:
+            raise ConfigError(f"{source}: ablations.{name}.parent '{parent}' is not one of the "
+                              f"ablations ({', '.join(ablations)})")
+    parents = ablation_parents(resolved)
+    for start in parents:
+        chain = [start]                     # child, its parent, that one's parent, ...
+        while chain[-1] in parents:
+            chain.append(parents[chain[-1]])
+            if chain[-1] in chain[:-1]:
+                loop = chain[chain.index(chain[-1]):]
+                named = next(n for n in loop if ablations[n].get("parent") is not None)
+                implicit = [n for n in loop[:-1] if ablations[n].get("parent") is None]
+                why = (f" ({', '.join(implicit)} has no parent, so it is compared with "
+                       f"report.baseline)") if implicit else ""
+                raise ConfigError(
+                    f"{source}: ablations.{named}.parent: the lineage is a cycle, "
+                    f"{' → '.join(reversed(loop))}{why}; each chain of parents must end at an "
+                    "ablation without one")
 
 
 def _check_validation_split(resolved: Mapping[str, Any], source: str) -> None:

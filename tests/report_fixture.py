@@ -21,15 +21,33 @@ RATE = 16000
 NOISES = ("car", "babble", "cafe")
 SNRS = (0.0, 5.0, 10.0)
 #: metric shift of each system over the noisy input (PESQ-like units; SI-SDR ×6)
-QUALITY = {"noisy": 0.0, "bsrnn": 0.8, "abl1": 1.1, "abl2": 0.6, "abl3": 0.9, "optimized": 1.0}
+QUALITY = {"noisy": 0.0, "bsrnn": 0.8, "abl1": 1.1, "abl2": 0.6, "abl3": 0.9, "optimized": 1.0,
+           "optimized_as_coded": 1.0}
 PARAMS = {"bsrnn": (2_410_000, 2_400_000), "abl1": (2_610_000, 1_800_000),
           "abl2": (2_590_000, 2_600_000), "abl3": (2_020_000, 2_000_000),
-          "optimized": (2_290_000, 2_300_000)}
+          "optimized": (2_290_000, 2_300_000), "optimized_as_coded": (2_290_000, 2_300_000)}
+#: the study's lineage; a parent is written to the config when both are in the tree
+PARENTS = {"abl1": "bsrnn", "abl2": "abl1", "abl3": "abl2", "optimized": "abl2",
+           "optimized_as_coded": "optimized"}
 #: (device, scan) recorded by each ablation's profile and training (default: cpu, chunked)
 PLACES = {"bsrnn": ("cpu", None), "abl1": ("cuda:0 (NVIDIA H100)", "mamba_ssm")}
 TRAINED_ON = {"abl1": ("cuda:1 = GPU 3 (NVIDIA H100)", "mamba_ssm")}
-MODEL = {"channels": 8, "decoder": "uniform",
-         "stages": [{"blocks": [{"type": "lstm", "axis": "time"}]}]}
+_TIME = {"type": "mamba", "axis": "time", "bidirectional": True, "d_state": 4}
+_BAND = {"type": "mamba", "axis": "band", "bidirectional": True, "d_state": 4}
+_OPTIMIZED = {"channels": 16, "decoder": "lightweight", "final_norm": True,
+              "stages": [{"repeat": 2, "blocks": [{**_TIME, "bidirectional": False}]},
+                         {"blocks": [{"type": "mlp", "axis": "band"}]}]}
+#: small models that differ from their parents as the study's do
+MODELS = {
+    "bsrnn": {"channels": 8, "decoder": "uniform",
+              "stages": [{"repeat": 2, "blocks": [{"type": "lstm", "axis": "time"}]},
+                         {"blocks": [{"type": "lstm", "axis": "band", "bidirectional": True}]}]},
+    "abl1": {"channels": 16, "decoder": "uniform", "stages": [{"blocks": [_TIME]}]},
+    "abl2": {"channels": 16, "decoder": "uniform", "stages": [{"blocks": [_TIME, _BAND]}]},
+    "abl3": {"channels": 16, "decoder": "adaptive", "stages": [{"blocks": [_TIME, _BAND]}]},
+    "optimized": _OPTIMIZED,
+    "optimized_as_coded": {**_OPTIMIZED, "scan": "as_coded", "init": "original"},
+}
 
 
 def make_results_tree(
@@ -41,18 +59,23 @@ def make_results_tree(
     never_run: Iterable[str] = (),
     no_profile: Iterable[str] = (),
     save_wavs: bool = True,
+    lineage: bool = True,
 ) -> tuple[Path, Path]:
     """Write ``root/config.yaml`` and ``root/results``; return both paths.
 
     ``failed_training``: a log and a workflow log that stop mid-run, nothing else;
     ``never_run``: configured but no files at all; ``no_profile``: trained and evaluated but
-    without profile.json. abl1 has a skipped step, a resumed run, a failed PESQ on one
-    utterance and a pre-flight memory warning.
+    without profile.json; ``lineage``: write PARENTS into the config (else every ablation is
+    compared with the baseline). abl1 has a skipped step, a resumed run, a failed PESQ on one
+    utterance and a pre-flight memory warning; optimized_as_coded scores like optimized.
     """
     ablations, seeds = list(ablations), list(seeds)
     results = root / "results"
-    config = {"data": {"source": "synthetic"}, "seeds": seeds,
-              "ablations": {a: {"claimed_params": PARAMS[a][1], "model": MODEL} for a in ablations},
+    entries = {a: {"claimed_params": PARAMS[a][1], "model": MODELS[a]} for a in ablations}
+    for name, entry in entries.items():
+        if lineage and PARENTS.get(name) in entries:
+            entry["parent"] = PARENTS[name]
+    config = {"data": {"source": "synthetic"}, "seeds": seeds, "ablations": entries,
               "evaluation": {"save_wavs": save_wavs}, "report": {"baseline": "bsrnn"}}
     config_path = root / "config.yaml"
     root.mkdir(parents=True, exist_ok=True)

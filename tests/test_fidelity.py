@@ -152,6 +152,7 @@ def test_as_coded_twins_is_config_yaml_plus_a_twin_of_every_mamba_ablation():
     for name in ("abl1", "abl2", "abl3"):
         twin = copy.deepcopy(default["ablations"][name])
         twin["model"].update(scan="as_coded", init="original")
+        twin["parent"] = name
         expected[f"{name}_as_coded"] = twin
     assert twins["ablations"] == expected
     assert expected["optimized_as_coded"]["model"] == {

@@ -14,17 +14,20 @@ import subprocess
 import time
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from markupsafe import escape  # as Jinja2 escapes
+from scipy import stats as scipy_stats
 
 from mbsnet import stats
 from mbsnet.cli import main
 from mbsnet.config import config_hash, load_config
-from mbsnet.report import collect, render
+from mbsnet.report import collect, render, step_views, steps
+from mbsnet.report.collect import METRICS, Missing
 
 from .report_fixture import make_results_tree
 
@@ -71,10 +74,46 @@ def test_paired_comparison_exact_wilcoxon_and_small_samples():
     # every difference positive, n = 10: exact two-sided p = 2 / 2**10
     assert result.n == 10 and result.p == pytest.approx(2 / 1024)
     assert result.mean_diff == pytest.approx(5.5)
+    assert result.sd == pytest.approx(math.sqrt(55 / 6))          # sd of 1..10
     small = stats.paired_comparison(system.iloc[:6], base)
     assert small.n == 6 and math.isnan(small.p) and "too few" in small.note
     zero = stats.paired_comparison(base, base)
     assert math.isnan(zero.p) and "zero" in zero.note
+
+
+def test_detectable_difference_is_the_t_size_with_the_wilcoxon_efficiency():
+    # t(0.975, 23) = 2.0686576, t(0.80, 23) = 0.8575296 (tables); n * 3 / pi = 22.918312
+    assert stats.detectable_difference(1.0, 24) == pytest.approx(
+        (2.0686576 + 0.8575296) / math.sqrt(24 * 3 / math.pi), rel=1e-6)
+    # 12 tests: Bonferroni's level 0.05 / 12, the quantile from scipy
+    expected = (scipy_stats.t.ppf(1 - 0.05 / 24, 23) + scipy_stats.t.ppf(0.8, 23)) \
+        * 2.5 / math.sqrt(24 * 3 / math.pi)
+    assert stats.detectable_difference(2.5, 24, tests=12) == pytest.approx(expected, rel=1e-12)
+    assert math.isnan(stats.detectable_difference(1.0, 1))
+    assert math.isnan(stats.detectable_difference(math.nan, 24))
+
+
+def test_detectable_difference_has_the_stated_power():
+    """Simulated: a true effect of the detectable size, normal paired differences, the
+    report's Wilcoxon test at the Bonferroni level: found about 80 % of the time."""
+    n, tests, sd = 24, 6, 1.3
+    size = stats.detectable_difference(sd, n, tests)
+    rng = np.random.default_rng(7)
+    diffs = rng.normal(size, sd, size=(4000, n))
+    p = scipy_stats.wilcoxon(diffs, axis=1).pvalue
+    assert np.mean(p < stats.ALPHA / tests) == pytest.approx(stats.POWER, abs=0.03)
+    # and a quarter of it: rarely
+    p_small = scipy_stats.wilcoxon(diffs - 0.75 * size, axis=1).pvalue
+    assert np.mean(p_small < stats.ALPHA / tests) < 0.1
+
+
+def test_pairs_needed_inverts_the_detectable_size():
+    n = stats.pairs_needed(1.5, 0.5, tests=8)
+    size = [stats.detectable_difference(1.5, k, tests=8) for k in (n - 1, n)]
+    assert size[1] <= 0.5 < size[0]
+    assert stats.pairs_needed(0.0, 0.1) == 2
+    with pytest.raises(ValueError, match="positive difference"):
+        stats.pairs_needed(1.0, 0.0)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -168,7 +207,7 @@ def test_report_from_fixture_tree(report):
     assert "3.11" in html and "9.27.1" in html                 # Python, snakemake versions
     assert not any(s in html for s in ('src="http', 'href="http', "@import", "url("))
     assert html.count("data:audio/wav;base64,") == 5          # clean, noisy, 3 trained ablations
-    assert html.count("data:image/svg+xml;base64,") == 4
+    assert html.count("data:image/svg+xml;base64,") == 5      # four figures and the steps
     assert html.count("data:image/png;base64,") == 1          # the spectrograms
 
 
@@ -288,6 +327,143 @@ def test_too_small_test_set_is_said_plainly(tmp_path):
         "too few paired utterances for a conclusion (5 < 10)",
         "too few paired utterances for a conclusion (6 < 10)"]
     assert [r["p_holm"] for r in context["rows"]] == ["—", "—"]
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def _metrics_file(results: Path, system: str, seed: int = 0) -> Path:
+    return results / system / f"seed{seed}" / "eval" / "metrics.tsv"
+
+
+def _read_metrics(results: Path, system: str, seed: int = 0) -> pd.DataFrame:
+    return pd.read_csv(_metrics_file(results, system, seed), sep="\t", keep_default_na=False,
+                       na_values=["nan"], dtype={"error": str})
+
+
+def _set_metric(results: Path, system: str, metric: str, values: np.ndarray) -> None:
+    frame = _read_metrics(results, system)
+    frame[metric] = values
+    frame.to_csv(_metrics_file(results, system), sep="\t", index=False, na_rep="nan")
+
+
+def _step_table(config: Path, results: Path) -> tuple[list, steps.StepTable]:
+    res = collect.load_results(results, load_config(config))
+    rows = collect.headline(res)
+    return rows, steps.step_table(res, rows)
+
+
+def test_steps_against_scipy_with_and_without_an_effect(tmp_path):
+    """abl1 = bsrnn + 0.8 dB + N(0, 1): detected. optimized_as_coded = optimized + N(0, 1):
+    not detected, and the detectable size is the analytic one for sd 1 and n 40."""
+    n = 40
+    config, results = make_results_tree(tmp_path, n_test=n, ablations=(
+        "bsrnn", "abl1", "optimized", "optimized_as_coded"))    # optimized: no parent here
+    rng = np.random.default_rng(3)
+    bsrnn = _read_metrics(results, "bsrnn")["si_sdr"].to_numpy()
+    optimized = _read_metrics(results, "optimized")["si_sdr"].to_numpy()
+    _set_metric(results, "abl1", "si_sdr", bsrnn + 0.8 + rng.normal(0.0, 1.0, n))
+    _set_metric(results, "optimized_as_coded", "si_sdr", optimized + rng.normal(0.0, 1.0, n))
+    _, table = _step_table(config, results)
+    assert [(s.parent, s.child) for s in table.steps] == [
+        ("bsrnn", "abl1"), ("bsrnn", "optimized"), ("optimized", "optimized_as_coded")]
+    cells = [s.metrics[m] for s in table.steps for m in METRICS]
+    assert table.tests == 24                                       # 3 steps x 8 metrics
+    assert [c.p_holm for c in cells] == pytest.approx(stats.holm([c.utterances.p
+                                                                  for c in cells]))
+    t_sum = scipy_stats.t.ppf(1 - 0.05 / (2 * 24), n - 1) + scipy_stats.t.ppf(0.8, n - 1)
+    for step, detected in ((table.steps[0], True), (table.steps[2], False)):
+        diff = (_read_metrics(results, step.child)["si_sdr"]
+                - _read_metrics(results, step.parent)["si_sdr"]).to_numpy()
+        cell = step.metrics["si_sdr"]
+        assert cell.utterances.n == n
+        assert cell.utterances.mean_diff == pytest.approx(diff.mean(), rel=1e-9)
+        assert cell.utterances.ci95 == pytest.approx(
+            scipy_stats.t.ppf(0.975, n - 1) * diff.std(ddof=1) / math.sqrt(n), rel=1e-9)
+        assert cell.utterances.p == pytest.approx(scipy_stats.wilcoxon(diff).pvalue, rel=1e-9)
+        assert cell.significant is detected
+        assert cell.detectable == pytest.approx(
+            t_sum * diff.std(ddof=1) / math.sqrt(n * 3 / math.pi), rel=1e-9)
+    found, nothing = table.steps[0].metrics["si_sdr"], table.steps[2].metrics["si_sdr"]
+    assert found.utterances.mean_diff == pytest.approx(0.8, abs=0.35)
+    assert nothing.detectable == pytest.approx(t_sum / math.sqrt(n * 3 / math.pi), rel=0.15)
+    cell = step_views.metric_cell("si_sdr", nothing)
+    assert cell.cls == "" and cell.sub[-1] == (
+        f"no difference detected; the test set can detect ≥ {nothing.detectable:.2f} dB")
+    assert step_views.metric_cell("si_sdr", found).cls == "gain"
+    detect = steps.detectable_table(table)["si_sdr"]
+    sds = sorted(s.metrics["si_sdr"].utterances.sd for s in table.steps)
+    assert (detect.pairs, detect.sd) == (n, pytest.approx(sds[1]))       # the median
+    assert detect.corrected == pytest.approx(stats.detectable_difference(sds[1], n, 24))
+    assert detect.pairs_needed == stats.pairs_needed(sds[1], 0.5, 24)
+
+
+def test_without_parents_every_ablation_steps_from_the_baseline(tmp_path):
+    config, results = make_results_tree(tmp_path, ablations=("bsrnn", "abl1", "abl2"),
+                                        lineage=False)
+    _, table = _step_table(config, results)
+    assert [(s.parent, s.child) for s in table.steps] == [("bsrnn", "abl1"), ("bsrnn", "abl2")]
+    against_baseline = collect.significance(collect.load_results(results, load_config(config)))
+    assert [r.result.p for r in against_baseline] == [
+        table.steps[i].metrics[m].utterances.p for i in (0, 1) for m in ("pesq_wb", "si_sdr")]
+    assert all(math.isfinite(r.detectable) for r in against_baseline)
+    assert against_baseline[0].detectable == pytest.approx(against_baseline[0].result.detectable(4))
+
+
+def test_one_ablation_has_no_steps(tmp_path):
+    config, results = make_results_tree(tmp_path, ablations=("bsrnn",))
+    rows, table = _step_table(config, results)
+    assert isinstance(table, Missing) and "no ablation has a parent" in table.reason
+    assert "## What each change buys\n\nmissing: no ablation has a parent" in \
+        render.summary_markdown(rows, table, {})
+
+
+def test_several_seeds_are_paired_over_seeds_too(tmp_path):
+    config, results = make_results_tree(tmp_path, seeds=(0, 1, 2), ablations=("bsrnn", "abl1"))
+    rows, table = _step_table(config, results)
+    cell = table.steps[0].metrics["stoi"]
+    per_seed = [(_read_metrics(results, "abl1", s)["stoi"]
+                 - _read_metrics(results, "bsrnn", s)["stoi"]).mean() for s in (0, 1, 2)]
+    assert cell.seeds.n == 3 and cell.seeds.mean_diff == pytest.approx(np.mean(per_seed))
+    assert cell.seeds.ci95 == pytest.approx(stats.mean_ci(per_seed).ci95)
+    assert cell.seeds.note == "too few paired seeds for a conclusion (3 < 10)"
+    assert math.isnan(cell.seeds_p_holm)
+    assert step_views.metric_cell("stoi", cell).sub[-1] == (
+        f"over 3 seeds: {cell.seeds.mean_diff:+.3f} ± {cell.seeds.ci95:.3f}")
+    frame = render.summary_frame(rows, table).set_index("system")
+    assert frame.loc["abl1", "step_stoi_seeds"] == pytest.approx(np.mean(per_seed))
+    assert frame.loc["abl1", "parent"] == "bsrnn" and frame.loc["bsrnn", "parent"] == ""
+    assert math.isnan(frame.loc["bsrnn", "step_stoi"])
+
+
+def test_step_table_in_the_report(report):
+    html = report.read_text()
+    tables = _tables(html)
+    rows = {r[0]: r[1:] for r in tables["steps-table"]}
+    assert list(rows) == ["bsrnn → abl1", "abl1 → abl2", "abl2 → abl3", "abl2 → optimized"]
+    assert rows["abl1 → abl2"][0] == ("stages[0].blocks[1]: added mamba band (bidirectional, "
+                                      "d_state 4)")
+    assert rows["abl2 → abl3"][0] == "decoder: uniform → adaptive"
+    assert rows["bsrnn → abl1"][0].startswith("channels: 8 → 16")
+    params = 1 + len(METRICS)
+    assert rows["bsrnn → abl1"][params] == "+200.00 k×1.08"
+    assert rows["abl1 → abl2"][params] == "-20.00 k×0.99"      # abl2's from train_summary.json
+    assert rows["abl1 → abl2"][params + 1] == "missing: abl2: not profiled"
+    assert rows["abl2 → abl3"][1] == "missing: abl3: training did not finish"   # 8 columns
+    assert '<td class="missing" colspan="8" title="abl3: training did not finish (' in html
+    assert rows["abl2 → optimized"][1] == "missing: optimized: not run"
+    assert rows["bsrnn → abl1"][1].startswith("+0.")                # PESQ, significant
+    assert '<td class="gain" title="n = 11 paired utterances' in html
+    assert "<b>bsrnn → abl1 → abl2 → abl3</b>; <b>bsrnn → abl1 → abl2 → optimized</b>" in html
+    assert [r[0] for r in tables["detectable-table"]] == list(METRICS.values())
+    md = (report.parent / "summary.md").read_text()
+    assert "\n## What each change buys\n" in md and "\n## What the test set can detect\n" in md
+    assert "| abl1 → abl2 | stages[0].blocks[1]: added mamba band (bidirectional, d_state 4) |" \
+        in md
+    tsv = pd.read_csv(report.parent / "summary.tsv", sep="\t").set_index("system")
+    assert tsv.loc["abl1", "parent"] == "bsrnn" and tsv.loc["abl1", "step_params"] == 200_000
+    assert tsv.loc["abl3", "step_missing"].startswith(
+        "pesq_wb,csig,cbak,covl,ssnr,stoi,estoi,si_sdr: abl3: training did not finish")
 
 
 def test_several_seeds_show_the_spread(tmp_path):
@@ -447,8 +623,19 @@ class DevTools:
         os.close(self._from_browser)
 
 
-def load_in_chromium(page: Path, tmp_path: Path, screenshot: Path) -> tuple[int, list[str]]:
-    """Open ``page``; return (headline body rows, problems) and save a screenshot.
+#: what the browser test reads from the page: name -> JavaScript expression
+PROBES = {
+    "headline": "document.querySelectorAll('#headline tbody tr').length",
+    "steps": "document.querySelectorAll('#steps-table tbody tr').length",
+    "detectable": "document.querySelectorAll('#detectable-table tbody tr').length",
+    # a decoded image has a size: the step figure's data URI is a valid SVG
+    "steps_figure": "(document.querySelector('#steps-figure img') || {}).naturalWidth || 0",
+}
+
+
+def load_in_chromium(page: Path, tmp_path: Path,
+                     screenshot: Path) -> tuple[dict[str, Any], list[str]]:
+    """Open ``page``; return (the values of PROBES, problems) and save a screenshot.
 
     Problems: uncaught exceptions, console errors and warnings, browser log errors (e.g.
     failed loads) and any request that is not to a file: or data: URL (network access)."""
@@ -464,9 +651,9 @@ def load_in_chromium(page: Path, tmp_path: Path, screenshot: Path) -> tuple[int,
                      session=session)
         browser.send("Page.navigate", {"url": page.resolve().as_uri()}, session=session)
         browser.wait_for("Page.loadEventFired")
-        rows = browser.send("Runtime.evaluate", {
-            "expression": "document.querySelectorAll('#headline tbody tr').length",
-            "returnByValue": True}, session=session)["result"]["value"]
+        values = {name: browser.send("Runtime.evaluate", {
+            "expression": expression, "returnByValue": True}, session=session)["result"]["value"]
+            for name, expression in PROBES.items()}
         shot = browser.send("Page.captureScreenshot", {"format": "png"}, session=session)
         screenshot.write_bytes(base64.b64decode(shot["data"]))
         problems = []
@@ -485,7 +672,7 @@ def load_in_chromium(page: Path, tmp_path: Path, screenshot: Path) -> tuple[int,
                 url = params["request"]["url"]
                 if not url.startswith(("file:", "data:", "about:")):
                     problems.append(f"network request: {url}")
-        return rows, problems
+        return values, problems
     finally:
         browser.close()
 
@@ -501,9 +688,11 @@ def chromium():
 @pytest.mark.timeout(60)
 def test_page_in_headless_chromium(report, tmp_path, chromium):
     screenshot = tmp_path / "report.png"
-    rows, problems = load_in_chromium(report, tmp_path, screenshot)
+    values, problems = load_in_chromium(report, tmp_path, screenshot)
     assert problems == []
-    assert rows == len(ALL) + 1
+    assert values["headline"] == len(ALL) + 1
+    assert values["steps"] == 4 and values["detectable"] == len(METRICS)
+    assert values["steps_figure"] > 500
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert screenshot.stat().st_size > 20_000
     keep = os.environ.get("MBSNET_REPORT_SCREENSHOT")   # to look at it: a path to copy it to
@@ -518,8 +707,8 @@ def test_chromium_check_catches_errors_and_network(tmp_path, chromium):
     page.write_text('<table id="headline"><tbody><tr><td>x</td></tr></tbody></table>'
                     '<img src="http://127.0.0.1:9/x.png">'
                     '<script>console.error("boom"); throw new Error("kaboom")</script>')
-    rows, problems = load_in_chromium(page, tmp_path, tmp_path / "bad.png")
-    assert rows == 1
+    values, problems = load_in_chromium(page, tmp_path, tmp_path / "bad.png")
+    assert values["headline"] == 1 and values["steps"] == 0 and values["steps_figure"] == 0
     assert any("kaboom" in p for p in problems)
     assert any(p.startswith("console.error") for p in problems)
     assert any("127.0.0.1:9" in p for p in problems)

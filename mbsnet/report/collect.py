@@ -372,6 +372,7 @@ class SignificanceRow:
     metric: str
     result: stats.Comparison | Missing
     p_holm: float = math.nan
+    detectable: float = math.nan    # with 80 % power at the corrected level
 
     @property
     def significant(self) -> bool:
@@ -396,10 +397,12 @@ def significance(results: Results) -> list[SignificanceRow] | Missing:
             result = scores if isinstance(scores, Missing) else \
                 stats.paired_comparison(scores[metric], base_scores[metric])
             rows.append(SignificanceRow(system.name, metric, result))
-    adjusted = stats.holm([r.result.p if isinstance(r.result, stats.Comparison) else math.nan
-                           for r in rows])
-    for row, p in zip(rows, adjusted):
-        row.p_holm = p
+    p = [r.result.p if isinstance(r.result, stats.Comparison) else math.nan for r in rows]
+    tests = sum(math.isfinite(x) for x in p)
+    for row, adjusted in zip(rows, stats.holm(p)):
+        row.p_holm = adjusted
+        if isinstance(row.result, stats.Comparison):
+            row.detectable = row.result.detectable(tests)
     return rows
 
 

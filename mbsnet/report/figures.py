@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from . import collect
+from .. import stats
+from . import collect, steps
 from .collect import METRICS, Missing
 
 NOISY_COLOR = "#7f7f7f"
@@ -179,3 +180,85 @@ def spectrograms(signals: dict[str, np.ndarray], sample_rate: int) -> Figure:
     axes[-1].set_xlabel("time (s)")
     fig.colorbar(image, ax=list(axes), label="dB", fraction=0.02, pad=0.01)
     return fig
+
+
+#: the step figure's panels: metric or cost key, axis label, scale of the values
+STEP_PANELS = (("si_sdr", "SI-SDR (dB)", 1.0), ("pesq_wb", "PESQ-WB", 1.0),
+               ("params", "parameters (M)", 1e-6),
+               ("macs_per_second", "GMAC per second of audio", 1e-9))
+GAIN_COLOR, LOSS_COLOR, ROOT_COLOR = "#2e8b57", "#c0392b", "#555555"
+
+
+def _levels(rows: list[collect.HeadlineRow], key: str) -> dict[str, float]:
+    """Each system's mean metric or cost, where it has one."""
+    out = {}
+    for row in rows:
+        value = row.metrics[key] if key in METRICS else row.costs.get(key)
+        value = value.mean if isinstance(value, stats.Estimate) else value
+        if isinstance(value, float) and math.isfinite(value):
+            out[row.system] = value
+    return out
+
+
+def step_waterfall(table: steps.StepTable, rows: list[collect.HeadlineRow]) -> Figure | Missing:
+    """The lineage as floating bars, one per step from the parent's level to the child's,
+    on SI-SDR, PESQ-WB, parameters and MACs/s; each root's level first, a dotted line
+    where a chain continues."""
+    if not table.steps:
+        return Missing("the lineage has no steps")
+    children = {step.child for step in table.steps}
+    items: list[str | steps.Step] = []     # a root's name, or a step
+    for step in table.steps:
+        if step.parent not in children and step.parent not in items:
+            items.append(step.parent)
+        items.append(step)
+    fig = Figure(figsize=(11, 6.4), layout="constrained")
+    axes = fig.subplots(2, 2, sharex=True).ravel()
+    for ax, (key, label, scale) in zip(axes, STEP_PANELS):
+        levels = {k: v * scale for k, v in _levels(rows, key).items()}
+        _draw_steps(ax, items, levels, key, scale)
+        ax.set_title(label, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+        ax.use_sticky_edges = False     # a floating bar's base must not pin the axis limit
+        ax.margins(y=0.12)
+    names = [item if isinstance(item, str) else f"{item.parent} → {item.child}"
+             for item in items]
+    for ax in axes[2:]:
+        ax.set_xticks(range(len(items)), names, rotation=30, ha="right", fontsize=8)
+    return fig
+
+
+def _draw_steps(ax, items: list, levels: dict[str, float], key: str, scale: float) -> None:
+    quality = key in METRICS
+    end: str | None = None                  # the system the previous item ends at
+    for x, item in enumerate(items):
+        if isinstance(item, str):
+            if item in levels:
+                ax.hlines(levels[item], x - 0.4, x + 0.4, color=ROOT_COLOR, lw=3)
+            end = item
+            continue
+        start, stop = levels.get(item.parent), levels.get(item.child)
+        if start is None or stop is None:
+            ax.text(x, 0.5, "missing", transform=ax.get_xaxis_transform(), rotation=90,
+                    ha="center", va="center", fontsize=8, color="#8a4b00")
+            end = None
+            continue
+        if end == item.parent:
+            ax.hlines(start, x - 1.4, x - 0.4, color=ROOT_COLOR, lw=0.8, linestyles=":")
+        better = stop > start if quality else stop < start
+        if quality:
+            cell = item.metrics[key]
+            clear = cell.significant
+        else:
+            clear = abs(stop / start - 1) > steps.COST_CHANGE if start else True
+        color = GAIN_COLOR if better else LOSS_COLOR
+        ax.bar(x, stop - start, bottom=start, width=0.6, color=color,
+               alpha=1.0 if clear else 0.3, edgecolor=color)
+        if quality and isinstance(cell.utterances, stats.Comparison) \
+                and math.isfinite(cell.utterances.ci95):
+            ax.errorbar([x], [start + cell.utterances.mean_diff * scale],
+                        yerr=[cell.utterances.ci95 * scale], color="black", capsize=3, lw=1)
+        note = f"{stop - start:+.2f}" if quality else f"×{stop / start:.2f}" if start else ""
+        ax.annotate(note, (x, max(start, stop)), textcoords="offset points", xytext=(0, 3),
+                    ha="center", fontsize=7)
+        end = item.child

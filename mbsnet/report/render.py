@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,70 +15,21 @@ import pandas as pd
 
 from .. import stats
 from ..atomic import write_text
-from . import collect, figures
+from . import collect, figures, step_views, steps
 from .collect import COSTS, METRICS, HeadlineRow, Missing
+from .formatting import (
+    DECIMALS,
+    Cell,
+    fmt_cost,
+    fmt_diff,
+    fmt_estimate,
+    fmt_p,
+    fmt_seeds,
+    merge_missing,
+    no_difference,
+)
 from .provenance import provenance
-
-DECIMALS = {"stoi": 3, "estoi": 3}
-
-
-# --------------------------------------------------------------------------- formatting
-
-
-@dataclass
-class Cell:
-    text: str
-    cls: str = ""
-    title: str = ""
-    colspan: int = 1
-    sub: list[str] = field(default_factory=list)   # smaller lines under the text
-
-
-def fmt_estimate(metric: str, est: stats.Estimate) -> str:
-    d = DECIMALS.get(metric, 2)
-    text = f"{est.mean:.{d}f}"
-    if math.isfinite(est.ci95):
-        text += f" ± {est.ci95:.{d}f}"
-    return text
-
-
-def fmt_seeds(metric: str, est: stats.Estimate) -> str:
-    """The spread across seeds, '' for a single seed."""
-    if est.seeds < 2:
-        return ""
-    return f"sd {est.seed_sd:.{DECIMALS.get(metric, 2)}f} over {est.seeds} seeds"
-
-
-def fmt_count(value: float) -> str:
-    for scale, suffix in [(1e9, " G"), (1e6, " M"), (1e3, " k")]:
-        if abs(value) >= scale:
-            return f"{value / scale:.2f}{suffix}"
-    return f"{value:.0f}"
-
-
-def fmt_duration(seconds: float) -> str:
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes \
-        else f"{seconds:.1f} s"
-
-
-def fmt_cost(col: str, value: float) -> str:
-    if col in ("params", "claimed_params", "macs_per_second"):
-        return fmt_count(value)
-    if col == "params_ratio":
-        return f"×{value:.2f}"
-    if col == "peak_train_memory_mb":
-        return f"{value:,.0f}"
-    if col == "train_wall_seconds":
-        return fmt_duration(value)
-    return f"{value:.3g}"
-
-
-def fmt_p(p: float) -> str:
-    if not math.isfinite(p):
-        return "—"
-    return f"{p:.2g}" if p >= 1e-3 else f"{p:.1e}"
+from .steps import Detectable, StepTable
 
 
 def headline_cells(row: HeadlineRow) -> list[Cell]:
@@ -112,14 +63,7 @@ def headline_cells(row: HeadlineRow) -> list[Cell]:
                 cls, title = "mismatch", (f"measured differs from the claimed count by more "
                                           f"than {collect.PARAMS_TOLERANCE:.0%}")
             cells.append(Cell(fmt_cost(col, value), cls, title))
-    merged: list[Cell] = []
-    for cell in cells:
-        if merged and cell.cls == "missing" and merged[-1].cls == "missing" \
-                and merged[-1].title == cell.title:
-            merged[-1].colspan += 1
-        else:
-            merged.append(cell)
-    return merged
+    return merge_missing(cells)
 
 
 def _missing_note(row: HeadlineRow) -> list[tuple[str, str]]:
@@ -131,8 +75,14 @@ def _missing_note(row: HeadlineRow) -> list[tuple[str, str]]:
     return [(",".join(cols), reason) for reason, cols in by_reason.items()]
 
 
-def summary_frame(rows: list[HeadlineRow]) -> pd.DataFrame:
-    """The headline as numbers (summary.tsv): NaN where missing, reasons in ``missing``."""
+def summary_frame(rows: list[HeadlineRow],
+                  table: StepTable | Missing | None = None) -> pd.DataFrame:
+    """The headline as numbers (summary.tsv): NaN where missing, reasons in ``missing``;
+    with ``table``, each ablation's step from its parent in the columns of
+    :func:`step_views.step_columns` (empty for the noisy input and the roots)."""
+    step_records = step_views.step_columns(table) if table is not None else {}
+    blank = {key: "" if isinstance(value, str) else math.nan
+             for record in list(step_records.values())[:1] for key, value in record.items()}
     records = []
     for row in rows:
         rec: dict[str, Any] = {"system": row.system, "seeds": row.seeds, "n": row.n}
@@ -146,13 +96,15 @@ def summary_frame(rows: list[HeadlineRow]) -> pd.DataFrame:
             value = row.costs[col]
             rec[col] = value if isinstance(value, float) else math.nan
         rec["missing"] = "; ".join(f"{cols}: {why}" for cols, why in _missing_note(row))
+        rec.update(step_records.get(row.system, blank))
         records.append(rec)
     return pd.DataFrame(records)
 
 
-def summary_markdown(rows: list[HeadlineRow]) -> str:
+def summary_markdown(rows: list[HeadlineRow], table: StepTable | Missing | None = None,
+                     detect: dict[str, Detectable | Missing] | None = None) -> str:
     """The headline as a Markdown table: best per column in bold, the reasons for missing
-    cells as numbered notes below."""
+    cells as numbered notes below; with ``table`` and ``detect``, the step sections after."""
     header = ["System", *METRICS.values(), *COSTS.values()]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     reasons: dict[str, int] = {}
@@ -182,7 +134,10 @@ def summary_markdown(rows: list[HeadlineRow]) -> str:
     if reasons:
         lines.append("")
         lines += [f"[{n}] missing: {why.replace('|', '/')}  " for why, n in reasons.items()]
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    if table is not None:
+        text += "\n" + step_views.steps_markdown(table, detect or {})
+    return text
 
 
 # --------------------------------------------------------------------------- sections
@@ -194,16 +149,13 @@ def significance_context(results: collect.Results) -> dict[str, Any]:
         return {"missing": f"missing: {rows.full}", "rows": [], "small": ""}
     out, small = [], []
     for row in rows:
-        d = DECIMALS.get(row.metric, 2)
         entry = {"system": row.system, "metric": METRICS[row.metric]}
         if isinstance(row.result, Missing):
             entry.update(n="—", diff=str(row.result), title=row.result.full, p="—", p_holm="—",
                          verdict="", cls="missing")
         else:
             r = row.result
-            diff = f"{r.mean_diff:+.{d}f}" if math.isfinite(r.mean_diff) else "—"
-            if math.isfinite(r.ci95):
-                diff += f" ± {r.ci95:.{d}f}"
+            diff = fmt_diff(row.metric, r.mean_diff, r.ci95)
             if r.note:
                 verdict = r.note
                 if r.n < stats.MIN_PAIRS:
@@ -211,7 +163,7 @@ def significance_context(results: collect.Results) -> dict[str, Any]:
             elif row.significant:
                 verdict = "better than baseline" if r.mean_diff > 0 else "worse than baseline"
             else:
-                verdict = "no significant difference"
+                verdict = no_difference(row.metric, row.detectable)
             entry.update(n=r.n, diff=diff, title="", p=fmt_p(r.p), p_holm=fmt_p(row.p_holm),
                          verdict=verdict,
                          cls="better" if row.significant and r.mean_diff > 0 else
@@ -295,19 +247,33 @@ def _devices(results: collect.Results) -> list[str]:
     return devices
 
 
-def build_report(config: Mapping[str, Any], results_dir: str | Path,
-                 project_dir: str | Path = ".",
-                 progress: Callable[[str], None] | None = None) -> tuple[str, list[HeadlineRow]]:
-    """The report's HTML and its headline rows."""
+@dataclass
+class _Built:
+    html: str
+    rows: list[HeadlineRow]
+    steps: StepTable | Missing
+    detectable: dict[str, Detectable | Missing]
+
+
+def _build(config: Mapping[str, Any], results_dir: str | Path, project_dir: str | Path,
+           progress: Callable[[str], None] | None) -> _Built:
     say = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
     say(f"report: reading {results_dir}")
     results = collect.load_results(results_dir, config)
     rows = collect.headline(results)
+    table = steps.step_table(results, rows)
+    detectable = steps.detectable_table(table) if isinstance(table, StepTable) else {}
     colors = figures.system_colors(list(results.systems))
     scores = {name: s for name, s in
               ((name, collect.system_scores(sys_)) for name, sys_ in results.systems.items())
               if isinstance(s, pd.DataFrame)}
     say("report: drawing figures")
+    step_section = step_views.steps_context(table, detectable)
+    step_section["figure"] = _figure(
+        "Steps", "Each bar runs from the parent's mean to the child's, in the table's order "
+        "(a dotted line joins a chain); green: better (cheaper), red: worse (dearer); pale: "
+        "no difference detected; whiskers: the 95 % CI of the paired difference.",
+        figures.step_waterfall(table, rows) if isinstance(table, StepTable) else table)
     figs = [
         _figure("Training curves", "Generator loss (training mean) and validation PESQ-WB per "
                 "epoch; fainter lines are further seeds.",
@@ -330,6 +296,7 @@ def build_report(config: Mapping[str, Any], results_dir: str | Path,
         "several_seeds": len(config.get("seeds", [0])) > 1,
         "tolerance": f"{collect.PARAMS_TOLERANCE:.0%}",
         "significance": significance_context(results),
+        "steps": step_section,
         "min_pairs": stats.MIN_PAIRS,
         "alpha": stats.ALPHA,
         "figures": figs,
@@ -340,7 +307,15 @@ def build_report(config: Mapping[str, Any], results_dir: str | Path,
         "provenance": provenance(config, project_dir, _devices(results)),
     }
     html = _environment().get_template("report.html.j2").render(**context)
-    return html, rows
+    return _Built(html, rows, table, detectable)
+
+
+def build_report(config: Mapping[str, Any], results_dir: str | Path,
+                 project_dir: str | Path = ".",
+                 progress: Callable[[str], None] | None = None) -> tuple[str, list[HeadlineRow]]:
+    """The report's HTML and its headline rows."""
+    built = _build(config, results_dir, project_dir, progress)
+    return built.html, built.rows
 
 
 def write_report(config: Mapping[str, Any], results_dir: str | Path, out: str | Path,
@@ -349,10 +324,11 @@ def write_report(config: Mapping[str, Any], results_dir: str | Path, out: str | 
     """Write ``out`` (HTML) and summary.tsv / summary.md beside it, each atomically;
     everything is built before anything is written."""
     out = Path(out)
-    html, rows = build_report(config, results_dir, project_dir, progress)
-    tsv = summary_frame(rows).to_csv(sep="\t", index=False, float_format="%.6g", na_rep="")
-    markdown = summary_markdown(rows)
+    built = _build(config, results_dir, project_dir, progress)
+    tsv = summary_frame(built.rows, built.steps).to_csv(sep="\t", index=False,
+                                                        float_format="%.6g", na_rep="")
+    markdown = summary_markdown(built.rows, built.steps, built.detectable)
     paths = [out.parent / "summary.tsv", out.parent / "summary.md", out]
-    for path, text in zip(paths, [tsv, markdown, html]):
+    for path, text in zip(paths, [tsv, markdown, built.html]):
         write_text(path, text)
     return paths

@@ -1,0 +1,108 @@
+"""How the report writes numbers: estimates, differences, counts, durations, p-values."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .. import stats
+
+DECIMALS = {"stoi": 3, "estoi": 3}
+
+
+@dataclass
+class Cell:
+    text: str
+    cls: str = ""
+    title: str = ""
+    colspan: int = 1
+    sub: list[str] = field(default_factory=list)   # smaller lines under the text
+
+
+def merge_missing(cells: list[Cell]) -> list[Cell]:
+    """Adjacent "missing" cells with the same reason as one cell spanning their columns."""
+    merged: list[Cell] = []
+    for cell in cells:
+        if merged and cell.cls == "missing" and merged[-1].cls == "missing" \
+                and merged[-1].title == cell.title:
+            merged[-1].colspan += cell.colspan
+        else:
+            merged.append(cell)
+    return merged
+
+
+def fmt_estimate(metric: str, est: stats.Estimate) -> str:
+    d = DECIMALS.get(metric, 2)
+    text = f"{est.mean:.{d}f}"
+    if math.isfinite(est.ci95):
+        text += f" ± {est.ci95:.{d}f}"
+    return text
+
+
+def fmt_seeds(metric: str, est: stats.Estimate) -> str:
+    """The spread across seeds, '' for a single seed."""
+    if est.seeds < 2:
+        return ""
+    return f"sd {est.seed_sd:.{DECIMALS.get(metric, 2)}f} over {est.seeds} seeds"
+
+
+def fmt_count(value: float) -> str:
+    for scale, suffix in [(1e9, " G"), (1e6, " M"), (1e3, " k")]:
+        if abs(value) >= scale:
+            return f"{value / scale:.2f}{suffix}"
+    return f"{value:.0f}"
+
+
+def fmt_duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes \
+        else f"{seconds:.1f} s"
+
+
+def fmt_cost(col: str, value: float) -> str:
+    if col in ("params", "claimed_params", "macs_per_second"):
+        return fmt_count(value)
+    if col == "params_ratio":
+        return f"×{value:.2f}"
+    if col == "peak_train_memory_mb":
+        return f"{value:,.0f}"
+    if col == "train_wall_seconds":
+        return fmt_duration(value)
+    return f"{value:.3g}"
+
+
+def fmt_p(p: float) -> str:
+    if not math.isfinite(p):
+        return "—"
+    return f"{p:.2g}" if p >= 1e-3 else f"{p:.1e}"
+
+
+#: the unit after a metric's values, where it has one
+UNITS = {"ssnr": " dB", "si_sdr": " dB"}
+
+
+def fmt_diff(metric: str, value: float, ci95: float = math.nan) -> str:
+    """A signed difference in the metric's decimals, with its CI half-width if finite."""
+    d = DECIMALS.get(metric, 2)
+    text = f"{value:+.{d}f}" if math.isfinite(value) else "—"
+    return text + (f" ± {ci95:.{d}f}" if math.isfinite(ci95) else "")
+
+
+def fmt_detectable(metric: str, size: float) -> str:
+    """``≥ 0.62 dB``: the smallest difference a test detects (80 % power)."""
+    return f"≥ {size:.{DECIMALS.get(metric, 2)}f}{UNITS.get(metric, '')}" \
+        if math.isfinite(size) else "—"
+
+
+def no_difference(metric: str, detectable: float) -> str:
+    """The verdict of a test that found nothing, with the size it would have found."""
+    if not math.isfinite(detectable):
+        return "no difference detected"
+    return f"no difference detected; the test set can detect {fmt_detectable(metric, detectable)}"
+
+
+def fmt_cost_delta(col: str, delta: float) -> str:
+    """A signed cost change in the cost's own format (``+895.42 k``, ``-1,234``)."""
+    sign = "+" if delta > 0 else "-" if delta < 0 else "±"
+    return sign + fmt_cost(col, abs(delta))
