@@ -280,20 +280,39 @@ class ChunkedScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, delta, A, B, C, D, mode):
-        sm.check_mode(mode)
-        clamps = sm.binding_clamps(delta, A, B, mode)
-        y, boundary, ctx.clamped = chunked_forward(x, delta, A, B, C, mode, clamps)
-        keep = sm.finish_(y, x, D, mode)
-        ctx.mode, ctx.clamps = mode, clamps
-        ctx.save_for_backward(x, delta, A, B, C, D, boundary, keep)
-        return y
+        return scan_forward(ctx, x, delta, A, B, C, D, mode)
 
     @staticmethod
     def backward(ctx, gy):
-        x, delta, A, B, C, D, boundary, keep = ctx.saved_tensors
-        gy = gy.to(x.dtype)
-        # D's gradient first: its [batch, length, dim] temporary is gone before the others exist
-        gD = sm.skip_param_grad(gy, x, ctx.mode)
+        return scan_backward(ctx, gy)
+
+
+def scan_forward(ctx, x, delta, A, B, C, D, mode, whole=None):
+    """The forward of a scan Function: ``whole(x, delta, A, B, C, mode, clamps)`` (a scan of
+    the whole sequence at once, returning y or None where it cannot run), else the chunked
+    scan; then the skip term and the output clamp. Saves what :func:`scan_backward` needs."""
+    sm.check_mode(mode)
+    clamps = sm.binding_clamps(delta, A, B, mode)
+    y = whole(x, delta, A, B, C, mode, clamps) if whole is not None else None
+    boundary = None
+    if y is None:
+        y, boundary, ctx.clamped = chunked_forward(x, delta, A, B, C, mode, clamps)
+    keep = sm.finish_(y, x, D, mode)
+    ctx.mode, ctx.clamps = mode, clamps
+    ctx.save_for_backward(x, delta, A, B, C, D, boundary, keep)
+    return y
+
+
+def scan_backward(ctx, gy, whole=None):
+    """The backward of a scan Function: ``whole(x, delta, A, B, C, D, gy, keep, mode,
+    clamps)`` when the forward ran the whole-sequence scan, else the chunked one."""
+    x, delta, A, B, C, D, boundary, keep = ctx.saved_tensors
+    gy = gy.to(x.dtype)
+    # D's gradient first: its [batch, length, dim] temporary is gone before the others exist
+    gD = sm.skip_param_grad(gy, x, ctx.mode)
+    if boundary is None:
+        grads = whole(x, delta, A, B, C, D, gy, keep, ctx.mode, ctx.clamps)
+    else:
         grads = chunked_backward(x, delta, A, B, C, D, boundary, ctx.clamped, gy, keep,
                                  ctx.mode, ctx.clamps)
-        return *grads, gD, None
+    return *grads, gD, None

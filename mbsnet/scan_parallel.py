@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from . import scan_modes as sm
-from .scan_chunked import chunked_backward, chunked_forward
+from .scan_chunked import scan_backward, scan_forward
 
 WORKSET = 1 << 26
 """Most elements of one [part, length, dim, d_state] work tensor (256 MiB in float32);
@@ -132,26 +132,8 @@ class ParallelScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, delta, A, B, C, D, mode):
-        sm.check_mode(mode)
-        clamps = sm.binding_clamps(delta, A, B, mode)
-        boundary = None
-        y = parallel_forward(x, delta, A, B, C, mode, clamps)
-        if y is None:
-            y, boundary, ctx.clamped = chunked_forward(x, delta, A, B, C, mode, clamps)
-        keep = sm.finish_(y, x, D, mode)
-        ctx.mode, ctx.clamps = mode, clamps
-        ctx.save_for_backward(x, delta, A, B, C, D, boundary, keep)
-        return y
+        return scan_forward(ctx, x, delta, A, B, C, D, mode, whole=parallel_forward)
 
     @staticmethod
     def backward(ctx, gy):
-        x, delta, A, B, C, D, boundary, keep = ctx.saved_tensors
-        gy = gy.to(x.dtype)
-        # D's gradient first: its [batch, length, dim] temporary is gone before the others exist
-        gD = sm.skip_param_grad(gy, x, ctx.mode)
-        if boundary is None:
-            grads = parallel_backward(x, delta, A, B, C, D, gy, keep, ctx.mode, ctx.clamps)
-        else:
-            grads = chunked_backward(x, delta, A, B, C, D, boundary, ctx.clamped, gy, keep,
-                                     ctx.mode, ctx.clamps)
-        return *grads, gD, None
+        return scan_backward(ctx, gy, whole=parallel_backward)

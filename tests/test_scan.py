@@ -220,13 +220,13 @@ def test_parallel_as_coded_uses_the_prefix_scan_unless_a_state_leaves_100(monkey
     """Unclamped states within ±100: the parallel result is the clamped one. Beyond: the
     call runs the sequential scan instead; both match the reference."""
     calls = []
-    sequential = scan_parallel.chunked_forward
+    sequential = scan_chunked.chunked_forward
 
     def spy(*args):
         calls.append(args[-2])
         return sequential(*args)
 
-    monkeypatch.setattr(scan_parallel, "chunked_forward", spy)
+    monkeypatch.setattr(scan_chunked, "chunked_forward", spy)
     small = make_inputs(2, 30, 4, 3, seed=15)
     assert clamp_counts(*small[:5])["state"] == 0
     assert_matches_reference(scan_fn("parallel", "as_coded"), small, "as_coded")
