@@ -26,19 +26,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tables import machine, text_table  # noqa: E402
 
 from mbsnet.config import ablation_config, load_config  # noqa: E402
 from mbsnet.models import parse_model_config  # noqa: E402
@@ -185,16 +185,8 @@ def table(rows: list[dict]) -> str:
             _verdict(r, "step_target_met"), _verdict(r, "memory_target_met"),
             _cell(r.get("step_vs_exact"), ".2f"), _cell(r.get("peak_vs_exact"), ".2f"),
             _verdict(r, "as_coded_target_met"), f"{r['wall_seconds']:.0f}"))
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
-    out = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
-    out.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(out)
+    return text_table(lines)
 
-
-def machine() -> dict:
-    return {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
 
 
 def main(argv: list[str] | None = None) -> int:

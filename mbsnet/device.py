@@ -25,16 +25,20 @@ def select_device(name: str = "auto", key: str = "training.device") -> torch.dev
     are taken, so concurrent jobs run on distinct GPUs. ``key`` names the setting in
     error messages (a config key or a command-line flag).
     """
+    if device_type(name, key) == "cpu":
+        return torch.device("cpu")
+    return use_cuda(claim_device().index)
+
+
+def device_type(name: str = "auto", key: str = "training.device") -> str:
+    """The kind of device :func:`select_device` picks for ``name``, ``"cuda"`` or ``"cpu"``,
+    without claiming one; the same ConfigError for a bad or unavailable choice."""
     if name not in DEVICE_CHOICES:
         raise ConfigError(f"{key}: '{name}' is not one of {', '.join(DEVICE_CHOICES)}")
     if name == "cpu":
-        return torch.device("cpu")
+        return "cpu"
     if torch.cuda.is_available():
-        device = torch.device("cuda", claim_device().index)
-        # Code that does not name a device (libraries' kernels, synchronize()) then uses the
-        # claimed one instead of creating a context on cuda:0.
-        torch.cuda.set_device(device)
-        return device
+        return "cuda"
     if name == "cuda":
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         hint = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
@@ -42,7 +46,16 @@ def select_device(name: str = "auto", key: str = "training.device") -> torch.dev
             else f"no CUDA device is visible{hint}"
         raise ConfigError(f"{key}: 'cuda' requested but {build}; "
                           "use device: auto or cpu")
-    return torch.device("cpu")
+    return "cpu"
+
+
+def use_cuda(index: int) -> torch.device:
+    """``cuda:index``, made the current device: code that does not name a device
+    (libraries' kernels, synchronize()) then uses it instead of creating a context on
+    cuda:0."""
+    device = torch.device("cuda", index)
+    torch.cuda.set_device(device)
+    return device
 
 
 def autocast_off(device_type: str) -> contextlib.AbstractContextManager:

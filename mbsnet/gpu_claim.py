@@ -7,7 +7,8 @@ folder of its own. Otherwise each visible device has a lock file in
 :func:`lock_dir`, and the process takes an exclusive ``flock`` on the first free one and
 keeps it until it exits. The kernel drops the lock when the process dies (``kill -9``
 included), so a crashed job never leaves a device taken. When every device is held,
-the claim waits for one to be freed.
+the claim waits for one to be freed. A data-parallel training on a workstation claims its
+N devices at once, all or nothing (:func:`claim_devices`).
 
 Devices are named by their physical id (an entry of ``CUDA_VISIBLE_DEVICES``, or the
 index when it is unset; under SLURM its node-wide id), so jobs that see different subsets
@@ -44,8 +45,8 @@ class Claim:
     lock: Path | None      # None: assigned by the scheduler, no lock taken
 
 
-_claim: Claim | None = None
-_fd: int | None = None
+_claims: list[Claim] = []
+_fds: list[int] = []
 
 
 def visible_count() -> int:
@@ -125,55 +126,91 @@ def claim_device(poll_seconds: float = POLL_SECONDS,
                  log: Callable[[str], None] = _stderr) -> Claim:
     """This process's device, claimed on the first call (waiting while every visible
     device is taken) and the same on every later call."""
-    global _claim, _fd
-    if _claim is not None:
-        return _claim
+    return claim_devices(1, poll_seconds, log)[0]
+
+
+def claim_devices(count: int, poll_seconds: float = POLL_SECONDS,
+                  log: Callable[[str], None] = _stderr) -> list[Claim]:
+    """``count`` distinct devices for this process, claimed together on the first call and
+    the same on every later call (a data-parallel job on a workstation: one process claims
+    for all its ranks, :mod:`mbsnet.train.distributed`).
+
+    All or nothing: while fewer than ``count`` are free the claim holds none and waits, so
+    two jobs that each need several devices never hold part of them and wait for the rest
+    of each other's.
+    """
+    global _claims, _fds
+    if _claims:
+        if len(_claims) != count:
+            raise RuntimeError(f"this process already holds {len(_claims)} GPU(s), "
+                               f"not {count}")
+        return list(_claims)
     ids = physical_ids(visible_count())
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if not ids:
-        raise ConfigError("no CUDA device is visible to claim "
-                          f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
-    if scheduler_assigned() and len(ids) == 1:
-        _claim = Claim(0, ids[0], None)
-        return _claim
+        raise ConfigError(f"no CUDA device is visible to claim (CUDA_VISIBLE_DEVICES={visible!r})")
+    if len(ids) < count:
+        raise ConfigError(f"{count} CUDA devices are needed but {len(ids)} are visible "
+                          f"(CUDA_VISIBLE_DEVICES={visible!r})")
+    if scheduler_assigned() and len(ids) == count:
+        _claims = [Claim(index, physical, None) for index, physical in enumerate(ids)]
+        return list(_claims)
     directory = lock_dir()
+    wanted = "a free GPU" if count == 1 else f"{count} free GPUs"
     waited_since = None
     while True:
-        for index, physical in enumerate(ids):
-            path = _lock_file(directory, physical)
-            try:
-                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-                fd = _try_lock(path)
-            except OSError as exc:
-                raise ConfigError(f"cannot lock {path} to claim a GPU ({exc.strerror}); set "
-                                  f"{LOCK_DIR_ENV} to a folder you can write") from exc
-            if fd is not None:
-                _fd, _claim = fd, Claim(index, physical, path)
-                if waited_since is not None:
-                    log(f"claimed GPU {physical} after waiting "
-                        f"{time.monotonic() - waited_since:.0f} s")
-                return _claim
+        held = _lock_free(directory, ids, count)
+        if len(held) == count:
+            _fds, _claims = [fd for fd, _ in held], [claim for _, claim in held]
+            if waited_since is not None:
+                names = ", ".join(claim.physical for claim in _claims)
+                log(f"claimed GPU{'s' * (count > 1)} {names} after waiting "
+                    f"{time.monotonic() - waited_since:.0f} s")
+            return list(_claims)
+        for fd, _ in held:
+            os.close(fd)
         if waited_since is None:
-            log(f"waiting for a free GPU ({len(ids)} busy; locks in {directory})")
+            log(f"waiting for {wanted} ({len(ids) - len(held)} busy; locks in {directory})")
             waited_since = time.monotonic()
         time.sleep(poll_seconds)
 
 
+def _lock_free(directory: Path, ids: list[str], count: int) -> list[tuple[int, Claim]]:
+    """Locks on up to ``count`` free devices, in index order, as (descriptor, claim)."""
+    held: list[tuple[int, Claim]] = []
+    for index, physical in enumerate(ids):
+        path = _lock_file(directory, physical)
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = _try_lock(path)
+        except OSError as exc:
+            for taken, _ in held:
+                os.close(taken)
+            raise ConfigError(f"cannot lock {path} to claim a GPU ({exc.strerror}); set "
+                              f"{LOCK_DIR_ENV} to a folder you can write") from exc
+        if fd is not None:
+            held.append((fd, Claim(index, physical, path)))
+            if len(held) == count:
+                break
+    return held
+
+
 def release() -> None:
-    """Give the claimed device back before the process ends (tests, long-lived programs)."""
-    global _claim, _fd
-    if _fd is not None:
-        os.close(_fd)
-    _claim = _fd = None
+    """Give the claimed devices back before the process ends (tests, long-lived programs)."""
+    global _claims, _fds
+    for fd in _fds:
+        os.close(fd)
+    _claims, _fds = [], []
 
 
 def _close_in_child() -> None:
-    # A forked child (a data-loader or PESQ worker) shares the parent's lock; closing its
-    # copy keeps the device tied to the claiming process alone, so the device is freed
+    # A forked child (a data-loader or PESQ worker) shares the parent's locks; closing its
+    # copies keeps the devices tied to the claiming process alone, so they are freed
     # when that process dies even if a stray child lives on.
-    global _fd
-    if _fd is not None:
-        os.close(_fd)
-        _fd = None
+    global _fds
+    for fd in _fds:
+        os.close(fd)
+    _fds = []
 
 
 os.register_at_fork(after_in_child=_close_in_child)

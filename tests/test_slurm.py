@@ -1,11 +1,12 @@
 """`snakemake --profile slurm` against a real single-node SLURM cluster (see tests/slurm/).
 
 Root on Debian only: tests/slurm/start_cluster.sh installs and starts munge, MariaDB,
-slurmdbd, slurmctld and slurmd with one fake GPU. The tiny config then runs through the
+slurmdbd, slurmctld and slurmd with two fake GPUs. The tiny config then runs through the
 users' profile plus the CI overlay; every rule must run as its own SLURM job, training,
 profile and evaluation with `--gpus=1`, training and profile with CPUs for the trainer's
 worker processes. The resume test cancels a training job mid-run: the profile's retries
-resubmit it and the new job continues from the checkpoint.
+resubmit it and the new job continues from the checkpoint. A two-process training
+(training.devices: 2) runs as one job of two tasks and two GPUs.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ SNAKEMAKE_TIMEOUT = 900  # seconds; a hung status loop must not hang CI
 # Jobs the tiny config (two ablations, one seed) submits, by rule.
 EXPECTED_JOBS = {"prepare_data": 1, "profile": 2, "train": 2, "evaluate": 2,
                  "evaluate_noisy": 1, "report": 1}
-# Jobs that may run on CUDA (training.device auto) and ask for the node's one GPU.
+# Jobs that may run on CUDA (training.device auto) and ask for one of the node's GPUs.
 GPU_RULES = ("profile", "train", "evaluate")
 # CPUs of a training and its profile: resources.threads 1 + training.pesq_workers 1 +
 # training.data_workers 0 (the node has 2 CPUs).
@@ -316,3 +317,46 @@ def test_cancelled_training_is_resubmitted_and_resumes(tiny_run):
     assert sorted(set(epochs)) == epochs and len(epochs) == 4
     summary = json.loads((run_dir / "train_summary.json").read_text())
     assert summary["resumed"] == 1 and summary["epochs"] == 4
+
+
+def test_a_two_process_training_runs_as_one_job_of_two_tasks_and_gpus(tiny_run):
+    """training.devices: 2 on SLURM: one job with 2 tasks, 2 GPUs and CPUs per task; its
+    command starts the 2 processes with srun, which find each other from SLURM's variables
+    (gloo here: the fake GPUs have no CUDA behind them)."""
+    workdir, _ = tiny_run
+    config = tiny_config()
+    bsrnn = config["ablations"]["bsrnn"]
+    config["ablations"] = {"bsrnn_ddp": {"model": bsrnn["model"],
+                                         "training": {"devices": 2, "pesq_workers": 0}}}
+    config_path = workdir / "ddp.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    run_dir = workdir / "results" / "bsrnn_ddp" / "seed0"
+    target = str((run_dir / "train_summary.json").relative_to(workdir))
+    with snakemake_running(workdir, config_path, "--rerun-triggers=mtime", target) as (proc, log):
+        output = finish(proc, log)
+
+    (job,) = [j for j in wait_for_accounting(run_id(output), 2) if j.rule == "train"]
+    assert job.state == "COMPLETED" and job.wildcards == "bsrnn_ddp_0"
+    assert "gres/gpu=2" in job.alloc_tres and "cpu=2" in job.alloc_tres
+    (call,) = sbatch_calls(output)["rule_train_wildcards_bsrnn_ddp_0"]
+    for flag in (" --gpus=2", " --ntasks=2 ", " --ntasks-per-gpu=1 ", " --cpus-per-task=1 ",
+                 " --mem 4000 "):
+        assert flag in call, (flag, call)
+
+    # The job ran the rule's command itself (no `srun -n1` around Snakemake), and the
+    # command started the processes: one job step of 2 tasks.
+    (slurm_log,) = (workdir / "results" / "logs" / "slurm" / "rule_train").rglob(
+        f"{job.job_id}.log")
+    assert ("srun --ntasks=2 --cpus-per-task=1 --gpus-per-task=1 --kill-on-bad-exit=1 "
+            "mbsnet train --config") in slurm_log.read_text()
+    steps = subprocess.run(["sacct", "-j", job.job_id, "-n", "-P", "-o", "JobName,NTasks,State"],
+                           capture_output=True, text=True, check=True, timeout=30).stdout
+    assert "mbsnet|2|COMPLETED" in steps.splitlines(), steps
+
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    assert (summary["processes"], summary["process_devices"], summary["batch_size"],
+            summary["micro_batch"]) == (2, ["cpu", "cpu"], 2, 1)
+    assert summary["steps"] == 4 and summary["utterances_per_second"] > 0
+    train_log = (workdir / "results" / "logs" / "train" / "bsrnn_ddp_seed0.log").read_text()
+    assert "training bsrnn_ddp seed 0 on 2 processes (cpu)" in train_log
+    assert train_log.count("done: 4 steps") == 1          # rank 0 alone reports

@@ -107,12 +107,7 @@ def manifest(tmp_path_factory) -> Path:
     return write_corpus(tmp_path_factory.mktemp("data"))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fixed_batch(batch: int = 2, seconds: float = 0.25) -> tuple[torch.Tensor, torch.Tensor]:
@@ -494,8 +489,13 @@ def test_run_writes_the_documented_outputs(reference_run):
     assert set(summary) == {"ablation", "seed", "epochs", "steps", "wall_seconds",
                             "skipped_steps", "disc_skipped_steps", "best_epoch", "best_key",
                             "best_score", "device", "scan", "precision", "deterministic",
-                            "tf32", "data_workers", "peak_memory_mb", "resumed", "params"}
+                            "tf32", "data_workers", "peak_memory_mb", "resumed", "params",
+                            "processes", "process_devices", "batch_size", "accumulate",
+                            "micro_batch", "utterances_per_second"}
     assert (summary["epochs"], summary["steps"], summary["resumed"]) == (2, 4, 0)
+    assert (summary["processes"], summary["process_devices"], summary["batch_size"],
+            summary["accumulate"], summary["micro_batch"]) == (1, ["cpu"], 2, 1, 2)
+    assert summary["utterances_per_second"] > 0
     assert summary["best_epoch"] in (1, 2) and summary["device"] == "cpu"
     assert summary["scan"] is None  # bsrnn has no Mamba block
     assert (summary["precision"], summary["deterministic"], summary["tf32"],

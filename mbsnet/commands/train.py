@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 
 HELP = ("Train one ablation with one seed; a rerun resumes from OUT/checkpoint/last.pt. "
-        "Writes OUT/model.pt, OUT/train_log.jsonl and OUT/train_summary.json.")
+        "Writes OUT/model.pt, OUT/train_log.jsonl and OUT/train_summary.json. With "
+        "training.devices N > 1, run it as N processes: torchrun --standalone "
+        "--nproc-per-node N --no-python mbsnet train ..., or srun --ntasks N in a SLURM job.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

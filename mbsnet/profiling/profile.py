@@ -6,6 +6,12 @@ inference FLOPs, the peak memory and median time of full training steps (generat
 discriminator, MetricGAN term on, PESQ targets in worker processes) and the inference
 real-time factor. :func:`check_budget` fails fast when the peak exceeds
 ``resources.gpu_memory_gb``.
+
+A training of several processes (``training.devices``) or micro-batches
+(``training.accumulate``) is measured as one of its processes: a step on that process's
+share of the batch, in its micro-batches, so the peak is that of one micro-batch (the
+memory each GPU needs). Over the budget, the profile also measures a step of a single
+item and suggests the ``accumulate`` that would fit.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from ..device import describe
 from ..errors import MbsnetError
 from ..models import count_parameters, parse_model_config
 from ..scan import scan_implementation
+from ..train.distributed import Layout
 from .flops import METHOD as FLOPS_METHOD
 from .flops import count_inference_flops
 from .memory import measure_step_memory, training_state
@@ -108,7 +115,9 @@ def profile_ablation(config: Mapping[str, Any], name: str, device: torch.device,
     """
     ablation = ablation_config(config, name)
     training = ablation["training"]
-    batch, crop = training["batch_size"], training["crop_seconds"]
+    layout = Layout.of(training, name)
+    batch, crop = layout.process_batch, training["crop_seconds"]
+    budget_gb = float(config["resources"]["gpu_memory_gb"])
     phases: dict[str, float] = {}
     torch.manual_seed(0)
     with _phase(phases, "build"):
@@ -134,13 +143,20 @@ def profile_ablation(config: Mapping[str, Any], name: str, device: torch.device,
                 warmup()
         clean, noisy = (t.to(device) for t in probe_batch(batch, crop))
         step = step_on(clean, noisy)
-        log(f"[{name}] measuring the memory of one training step (batch {batch}, "
+        log(f"[{name}] measuring the memory of one training step ({layout.describe()}, "
             f"{crop:g} s crops)")
         live = training_state([generator, trainer.discriminator], _optimizers(trainer))
         with _phase(phases, "memory_step"):
             memory = measure_step_memory(step, device, live + [clean, noisy])
         log(f"[{name}] peak training-step memory {memory.peak_mb:,.0f} MB "
             f"({phases['memory_step']:.1f} s)")
+        suggestion = None
+        if memory.peak_mb > budget_gb * 1024 and layout.micro_batch > 1:
+            one = [t.to(device) for t in probe_batch(1, crop, seed=2)]
+            with _phase(phases, "memory_step_one_item"):
+                single = measure_step_memory(step_on(*one), device, live + one)
+            suggestion = suggest_accumulate(layout, memory.peak_mb, single.peak_mb,
+                                            budget_gb * 1024)
         with _phase(phases, "timed_steps"):
             step_seconds = median_seconds(step, device, options.steps)
         log(f"[{name}] median training step {step_seconds:.2f} s over {options.steps}")
@@ -153,7 +169,6 @@ def profile_ablation(config: Mapping[str, Any], name: str, device: torch.device,
             close()
 
     warnings = _step_warnings(outcomes)
-    budget_gb = float(config["resources"]["gpu_memory_gb"])
     share = memory.peak_mb / (budget_gb * 1024)
     if NEAR_BUDGET < share <= 1:
         warnings.append(f"peak training memory {memory.peak_mb:,.0f} MB is {share:.0%} of the "
@@ -174,7 +189,12 @@ def profile_ablation(config: Mapping[str, Any], name: str, device: torch.device,
         "memory_details": memory.details,
         "train_step_seconds": step_seconds,
         "inference_rtf": rtf,
-        "batch_size": batch,
+        "batch_size": layout.batch_size,
+        "processes": layout.devices,
+        "accumulate": layout.accumulate,
+        "micro_batch": layout.micro_batch,
+        "utterances_per_second": batch / step_seconds,
+        "suggested_accumulate": suggestion,
         "crop_seconds": crop,
         "budget_gb": budget_gb,
         "within_budget": share <= 1,
@@ -188,6 +208,22 @@ def profile_ablation(config: Mapping[str, Any], name: str, device: torch.device,
         "phase_seconds": phases,
         "warnings": warnings,
     }
+
+
+def suggest_accumulate(layout: Layout, peak_mb: float, one_item_mb: float,
+                       budget_mb: float) -> dict[str, Any] | None:
+    """The smallest ``training.accumulate`` whose micro-batch fits ``budget_mb``, from the
+    step's peak at the configured micro-batch and at one item (the memory grows by the same
+    amount per item: activations; the rest is weights, gradients and optimizer state).
+    None when not even one item fits."""
+    per_item = (peak_mb - one_item_mb) / (layout.micro_batch - 1)
+    share = layout.process_batch
+    for micro in range(layout.micro_batch - 1, 0, -1):
+        estimate = one_item_mb + per_item * (micro - 1)
+        if share % micro == 0 and estimate <= budget_mb:
+            return {"accumulate": share // micro, "micro_batch": micro,
+                    "estimated_peak_mb": estimate}
+    return None
 
 
 def scan_used(model_cfg: Mapping[str, Any], device: torch.device) -> str | None:
@@ -221,6 +257,10 @@ def check_budget(profile: Mapping[str, Any]) -> None:
     where = (f"measured on the CPU ({profile['device']}): no GPU here, so the budget check "
              "uses the CPU measurement of the same step's tensor memory"
              if on_cpu else f"measured on {profile['device']}")
+    fits = profile.get("suggested_accumulate")
+    lead = (f"To fit with the same recipe, set training.accumulate: {fits['accumulate']} "
+            f"(the same global batch in micro-batches of {fits['micro_batch']}: estimated "
+            f"{fits['estimated_peak_mb'] / 1024:.2f} GB). Else l" if fits else "To fit, l")
     remedies = []
     if not profile.get("gradient_checkpointing"):
         remedies.append("set training.gradient_checkpointing: true (each layer recomputes its "
@@ -229,11 +269,14 @@ def check_budget(profile: Mapping[str, Any]) -> None:
             and profile["flops_per_second_by_source"].get("lstm", 0) > 0):
         remedies.append("set training.cpu_lstm_kernel: native (oneDNN's LSTM allocates about "
                         "twice the memory it uses)")
+    micro = profile.get("micro_batch", profile["batch_size"])
+    pieces = (f" (micro-batches of {micro} on each of {profile.get('processes', 1)} "
+              "process(es))" if micro != profile["batch_size"] else "")
     raise MemoryBudgetError(
         f"ablation '{name}' needs {peak_mb / 1024:.2f} GB ({peak_mb:,.0f} MB) of memory for "
-        f"one training step at batch_size {profile['batch_size']} and crop_seconds "
+        f"one training step at batch_size {profile['batch_size']}{pieces} and crop_seconds "
         f"{profile['crop_seconds']:g}, but resources.gpu_memory_gb allows {budget_gb:g} GB "
-        f"({where}). To fit, lower training.batch_size or training.crop_seconds (for this "
+        f"({where}). {lead}ower training.batch_size or training.crop_seconds (for this "
         f"ablation only: ablations.{name}.training.batch_size / crop_seconds)"
         f"{''.join(', or ' + r for r in remedies)}; or raise resources.gpu_memory_gb if "
         "the training GPU is larger. "

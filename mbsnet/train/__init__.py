@@ -4,6 +4,8 @@
 - :mod:`.discriminator_targets` batch PESQ in worker processes
 - :mod:`.trainer` :class:`Trainer`: models, optimizers, schedulers, one training step
 - :mod:`.batches` the batches of every step, read by DataLoader worker processes
+- :mod:`.distributed` one run as several data-parallel processes (torchrun, srun)
+- :mod:`.microbatches` a batch computed in pieces giving the whole batch's step
 - :mod:`.numerics` deterministic kernels and TF32 on CUDA
 - :mod:`.checkpoint` full checkpoints and RNG states
 - :mod:`.loop` :func:`train`: a whole run with validation, logging and outputs

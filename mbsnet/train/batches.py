@@ -4,7 +4,9 @@ reads them in worker processes, into pinned memory when the run is on CUDA.
 The batches depend on ``(seed, epoch)`` only (:func:`epoch_batches`) and each item's crop
 on ``(seed, epoch, item)`` only (:class:`~mbsnet.data.datasets.TrainDataset`), so any
 number of workers, none included, gives the same batches, and a resumed run continues
-with the batch it stopped before.
+with the batch it stopped before. A run of several processes shares every global batch
+out: process ``rank`` of ``world`` reads the ``rank``-th contiguous slice of each, so the
+position in an epoch is the same for any number of processes.
 """
 
 from __future__ import annotations
@@ -34,10 +36,17 @@ def epoch_batches(n_items: int, batch_size: int, steps: int, seed: int,
 
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     """The batches of one epoch from one step on (:meth:`start`), as lists of
-    ``(epoch, item)`` keys of a TrainDataset."""
+    ``(epoch, item)`` keys of a TrainDataset; with ``shard=(rank, world)`` the rank-th of
+    ``world`` equal slices of each (``batch_size`` is the global batch, divisible by
+    ``world``)."""
 
-    def __init__(self, n_items: int, batch_size: int, steps: int, seed: int) -> None:
+    def __init__(self, n_items: int, batch_size: int, steps: int, seed: int,
+                 shard: tuple[int, int] = (0, 1)) -> None:
         self.n_items, self.batch_size, self.steps, self.seed = n_items, batch_size, steps, seed
+        rank, world = shard
+        if batch_size % world or not 0 <= rank < world:
+            raise ValueError(f"cannot take share {rank} of {world} of a batch of {batch_size}")
+        self.share = slice(rank * batch_size // world, (rank + 1) * batch_size // world)
         self.epoch, self.step = 0, 0
 
     def start(self, epoch: int, step: int) -> None:
@@ -47,7 +56,7 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         batches = epoch_batches(self.n_items, self.batch_size, self.steps, self.seed, self.epoch)
         for batch in batches[self.step:]:
-            yield [(self.epoch, item) for item in batch]
+            yield [(self.epoch, item) for item in batch[self.share]]
 
     def __len__(self) -> int:
         return self.steps - self.step
@@ -55,7 +64,8 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
 
 class TrainBatches:
     """``(clean, noisy)`` batches ``[B, samples]`` of any epoch, from any step, read by
-    ``workers`` processes (0: in this process).
+    ``workers`` processes (0: in this process); with ``shard=(rank, world)`` this
+    process's share of each, ``[B / world, samples]``.
 
     The workers start with the first epoch and live until :meth:`close` (or the end of a
     ``with`` block), or until this process ends, even killed. On CUDA the batches
@@ -64,9 +74,9 @@ class TrainBatches:
     """
 
     def __init__(self, dataset: TrainDataset, *, batch_size: int, steps: int, seed: int,
-                 workers: int, device: torch.device) -> None:
+                 workers: int, device: torch.device, shard: tuple[int, int] = (0, 1)) -> None:
         self.steps = steps
-        self.sampler = EpochBatchSampler(len(dataset), batch_size, steps, seed)
+        self.sampler = EpochBatchSampler(len(dataset), batch_size, steps, seed, shard)
         self.loader = DataLoader(
             dataset, batch_sampler=self.sampler, num_workers=workers,
             pin_memory=device.type == "cuda", persistent_workers=workers > 0,

@@ -31,7 +31,9 @@ FORMAT_VERSION = 1
 class RunState:
     """Where a run is and what it has counted so far. ``epoch`` / ``step`` is the next
     step to run (step counts within the epoch); the ``epoch_*`` fields accumulate the
-    current epoch's training statistics."""
+    current epoch's training statistics; ``train_seconds`` is the time the
+    ``timed_steps`` training steps took (for the throughput). All of it is global: the
+    same on every process of a data-parallel run, so a run resumes with any number."""
 
     epoch: int = 0
     step: int = 0
@@ -49,6 +51,8 @@ class RunState:
     peak_memory_mb: float = 0.0
     resumed: int = 0
     log_bytes: int = 0
+    train_seconds: float = 0.0
+    timed_steps: int = 0
 
     def start_epoch(self) -> None:
         """Reset the per-epoch statistics."""

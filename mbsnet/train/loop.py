@@ -11,6 +11,10 @@ Layout of one run directory ``OUT`` (docs/results.md):
 
 In the log and summary, epochs are counted from 1 and ``step`` is the number of training
 steps done in the whole run (so the first step is 1).
+
+A data-parallel run (``training.devices`` > 1, :mod:`.distributed`) calls :func:`train` in
+every process; they keep the same run state, validate a share of the utterances each,
+and only rank 0 writes files and prints progress.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from ..atomic import check_writable, write_json, write_text
 from ..audio import stft
 from ..config import ablation_config, config_hash
 from ..data.datasets import EvalDataset, TrainDataset
-from ..device import describe, peak_memory_mb, reset_peak_memory, select_device, set_threads
+from ..device import peak_memory_mb, reset_peak_memory, set_threads
 from ..enhance import enhance_waveform
 from ..errors import ConfigError, DataError, MbsnetError
 from ..models import count_parameters, save_model
@@ -43,15 +47,16 @@ from ..models.mamba import MambaBlock
 from ..scan import scan_implementation
 from .batches import TrainBatches
 from .checkpoint import RunState, load_checkpoint, save_checkpoint, set_rng_state
+from .distributed import Layout, Processes, joined, launch_for
 from .losses import reconstruction_loss
 from .numerics import numerics
 from .trainer import Trainer
 
 #: Training keys that do not change the recipe: a checkpoint stays valid across them (the
 #: device, determinism and TF32 change CUDA's rounding only; the batches are the same for
-#: any number of data workers).
+#: any number of data workers; processes and micro-batches divide the same global batch).
 OPERATIONAL_KEYS = ("checkpoint_minutes", "pesq_workers", "max_bad_steps", "device",
-                    "data_workers", "deterministic", "tf32")
+                    "data_workers", "deterministic", "tf32", "devices", "accumulate")
 #: At most about this many step lines per epoch in the log and the plain progress output.
 STEP_LINES_PER_EPOCH = 50
 
@@ -89,19 +94,25 @@ def train(config: Mapping[str, Any], ablation: str, seed: int, out_dir: str | Pa
 
     ``on_step`` is called with the run state after every step (and after any checkpoint
     that step triggered); tests use it to interrupt a run.
+
+    With ``training.devices`` N > 1 this is one of N processes started by torchrun or srun
+    (:func:`.distributed.launch_for` says how when it is not).
     """
     ablation_cfg = ablation_config(config, ablation)
     settings = ablation_cfg["training"]
+    layout = Layout.of(settings, ablation)
     manifest = Path(manifest)
     if not manifest.is_file():
         raise DataError(f"data manifest {manifest} does not exist; run `mbsnet prepare` first "
                         "(or pass --data)")
     if seed < 0:
         raise ConfigError(f"seed must be an integer >= 0 (as in config.yaml's seeds), got {seed}")
+    launch = launch_for(layout, settings["device"])
     paths = RunPaths(out_dir)
     check_writable(paths.checkpoint_dir)
-    for stale in paths.remove_stale_temporaries():
-        print(f"removed {stale}, left half-written by an interrupted run", flush=True)
+    if launch is None or launch.rank == 0:
+        for stale in paths.remove_stale_temporaries():
+            print(f"removed {stale}, left half-written by an interrupted run", flush=True)
 
     train_set = TrainDataset(manifest, split="train", crop_seconds=settings["crop_seconds"],
                              seed=seed)
@@ -111,14 +122,16 @@ def train(config: Mapping[str, Any], ablation: str, seed: int, out_dir: str | Pa
                                          if k not in OPERATIONAL_KEYS},
                             "seed": seed, "data": _file_digest(manifest)})
     # before the first CUDA call: cuBLAS reads its workspace setting once
-    with numerics(settings["deterministic"], settings["tf32"]):
-        device = select_device(settings["device"])
+    with numerics(settings["deterministic"], settings["tf32"]), \
+            joined(launch, settings["device"]) as processes:
+        device = processes.device(settings["device"])
         set_threads(threads if threads is not None else config["resources"]["threads"])
         seed_everything(seed)
-        with Trainer(ablation_cfg, config, device) as trainer, \
+        with Trainer(ablation_cfg, config, device, processes) as trainer, \
                 TrainBatches(train_set, batch_size=settings["batch_size"],
                              steps=steps_per_epoch(settings, len(train_set)), seed=seed,
-                             workers=settings["data_workers"], device=device) as batches, \
+                             workers=settings["data_workers"], device=device,
+                             shard=(processes.rank, processes.world)) as batches, \
                 _TerminationRequest() as stop:
             run = _Run(trainer, ablation_cfg, config, seed, paths, identity, batches,
                        valid_set, on_step, stop)
@@ -146,6 +159,9 @@ class _Run:
                  on_step: StepCallback | None, stop: _TerminationRequest) -> None:
         self.trainer, self.ablation_cfg, self.config = trainer, ablation_cfg, config
         self.settings = ablation_cfg["training"]
+        self.layout = Layout.of(self.settings)
+        self.processes: Processes = trainer.processes
+        self.main = self.processes.is_main
         self.name = ablation_cfg["name"]
         self.seed, self.paths, self.identity = seed, paths, identity
         self.batches, self.valid_set = batches, valid_set
@@ -155,7 +171,8 @@ class _Run:
         self.log_every = max(1, self.steps // STEP_LINES_PER_EPOCH)
         self.run = RunState()
         self.saved_at: tuple[int, int] | None = None  # (epoch, global step) of last.pt
-        self.progress = _Progress(f"{self.name} seed{seed}", self.steps, self.log_every)
+        self.progress = _Progress(f"{self.name} seed{seed}", self.steps, self.log_every,
+                                  quiet=not self.main)
 
     # -- the run ----------------------------------------------------------------------
 
@@ -168,10 +185,12 @@ class _Run:
             self.progress.note(f"precision {self.settings['precision']} needs CUDA; "
                                f"training in float32 on {self.trainer.device.type}")
         scan = self._scan()
-        self.progress.note(f"training {self.name} seed {self.seed} on "
-                           f"{describe(self.trainer.device)}"
+        self.devices = self.processes.describe_all(self.trainer.device)
+        where = (self.devices[0] if not self.processes.distributed else
+                 f"{self.processes.world} processes ({', '.join(dict.fromkeys(self.devices))})")
+        self.progress.note(f"training {self.name} seed {self.seed} on {where}"
                            f"{f' ({scan} scan)' if scan else ''}: {self.epochs} epochs x "
-                           f"{self.steps} steps, batch {self.settings['batch_size']}")
+                           f"{self.steps} steps, {self.layout.describe()}")
         while self.run.epoch < self.epochs:
             self._train_epoch()
         return self._write_outputs()
@@ -185,7 +204,7 @@ class _Run:
                 self.run = checkpoint["run"]
                 self.run.resumed += 1
                 self.saved_at = (self.run.epoch, self.run.global_step)
-                self.log = _JsonlLog(self.paths.live_log, truncate_to=self.run.log_bytes)
+                self.log = self._open_log(truncate_to=self.run.log_bytes)
                 self.log.write({"kind": "resume", "epoch": self.run.epoch + 1,
                                 "step": self.run.global_step, "from": str(self.paths.last)})
                 where = (f"all {self.epochs} epochs done, writing the outputs"
@@ -196,8 +215,13 @@ class _Run:
                 return
             self.progress.note(f"{self.paths.last} was written with other settings, seed or "
                                "data; starting from scratch")
-        self.paths.best.unlink(missing_ok=True)
-        self.log = _JsonlLog(self.paths.live_log, truncate_to=0)
+        if self.main:
+            self.paths.best.unlink(missing_ok=True)
+        self.log = self._open_log(truncate_to=0)
+
+    def _open_log(self, truncate_to: int) -> _JsonlLog | _NoLog:
+        """The live log (rank 0's; the other processes log nothing)."""
+        return _JsonlLog(self.paths.live_log, truncate_to) if self.main else _NoLog()
 
     def _train_epoch(self) -> None:
         run, trainer = self.run, self.trainer
@@ -211,28 +235,38 @@ class _Run:
             started = time.monotonic()
             result = trainer.train_step(clean, noisy, use_metric_loss)
             self._record_step(result, time.monotonic() - started)
+            stop = self._stop_signal()
             if run.step < self.steps:  # the epoch end checkpoints anyway
-                if self._checkpoint_due() or self.stop.signal:
+                if self._checkpoint_due() or stop:
                     self._save_last()
-                self._stop_if_requested()
+                self._stop_if(stop)
             if self.on_step is not None:
                 self.on_step(run)
         self.progress.end_epoch()
         self._end_epoch(use_metric_loss)
-        self._stop_if_requested()
+        self._stop_if(self._stop_signal())
 
-    def _stop_if_requested(self) -> None:
-        """After a SIGTERM, stop at a step boundary, right after a checkpoint."""
-        if self.stop.signal is not None:
+    def _stop_signal(self) -> signal.Signals | None:
+        """The SIGTERM or SIGINT received since the run started, by this process or any
+        other of the run (all of them then stop after the same step)."""
+        number = int(self.processes.max([self.stop.signal or 0])[0])
+        return signal.Signals(number) if number else None
+
+    def _stop_if(self, stop: signal.Signals | None) -> None:
+        """After a SIGTERM, stop at a step boundary, right after a checkpoint (rank 0 wrote
+        it before every process gets here)."""
+        if stop is not None:
             self.progress.end_epoch()
-            raise MbsnetError(f"stopped by {self.stop.signal.name} after step "
-                              f"{self.run.global_step}; saved {self.paths.last}, the same "
-                              "command resumes from it")
+            self.processes.barrier()
+            raise MbsnetError(f"stopped by {stop.name} after step {self.run.global_step}; "
+                              f"saved {self.paths.last}, the same command resumes from it")
 
     def _record_step(self, result: dict[str, Any], seconds: float) -> None:
         run = self.run
         run.step += 1
         run.global_step += 1
+        run.train_seconds += seconds
+        run.timed_steps += 1
         if result["skipped"]:
             run.skipped_steps += 1
             run.epoch_skipped += 1
@@ -270,8 +304,8 @@ class _Run:
 
     def _end_epoch(self, use_metric_loss: bool) -> None:
         run, trainer = self.run, self.trainer
-        val_loss, val_pesq = validate(trainer, self.valid_set)
-        peak = round(peak_memory_mb(trainer.device), 1)
+        val_loss, val_pesq = validate(trainer, self.valid_set, self.processes)
+        peak = round(self.processes.max([peak_memory_mb(trainer.device)])[0], 1)
         run.peak_memory_mb = max(run.peak_memory_mb, peak)
         train_loss = (run.epoch_loss_sum / run.epoch_loss_count
                       if run.epoch_loss_count else None)
@@ -287,7 +321,8 @@ class _Run:
         score = val_pesq if self.settings["best_key"] == "val_pesq" else val_loss
         if _better(score, run.best_score, higher=self.settings["best_key"] == "val_pesq"):
             run.best_score, run.best_epoch = score, run.epoch + 1
-            self._save_model(self.paths.best)
+            if self.main:
+                self._save_model(self.paths.best)
         run.epoch += 1
         run.step = 0
         self._save_last()
@@ -300,9 +335,10 @@ class _Run:
     def _save_last(self) -> None:
         self.run.wall_seconds = self.wall_before + time.monotonic() - self.session_start
         self.run.log_bytes = self.log.size()
-        save_checkpoint(self.paths.last, identity=self.identity,
-                        trainer_state=self.trainer.state_dict(), run=self.run,
-                        device=self.trainer.device)
+        if self.main:  # every process holds the same state
+            save_checkpoint(self.paths.last, identity=self.identity,
+                            trainer_state=self.trainer.state_dict(), run=self.run,
+                            device=self.trainer.device)
         self.saved_at = (self.run.epoch, self.run.global_step)
         self.last_save_time = time.monotonic()
 
@@ -318,22 +354,30 @@ class _Run:
                    model_cfg=self.ablation_cfg["model"], config=self.config)
 
     def _write_outputs(self) -> dict[str, Any]:
-        run, device = self.run, self.trainer.device
-        self._save_model(self.paths.model)
-        write_text(self.paths.log, self.paths.live_log.read_text())
+        run, layout = self.run, self.layout
         summary = {
             "ablation": self.name, "seed": self.seed, "epochs": run.epoch,
             "steps": run.global_step,
             "wall_seconds": round(self.wall_before + time.monotonic() - self.session_start, 3),
             "skipped_steps": run.skipped_steps, "disc_skipped_steps": run.disc_skipped_steps,
             "best_epoch": run.best_epoch, "best_key": self.settings["best_key"],
-            "best_score": run.best_score, "device": describe(device), "scan": self._scan(),
+            "best_score": run.best_score, "device": self.devices[0], "scan": self._scan(),
             "precision": "fp32" if self.trainer.autocast_dtype is None else "bf16",
             "deterministic": self.settings["deterministic"], "tf32": self.settings["tf32"],
             "data_workers": self.settings["data_workers"],
             "peak_memory_mb": run.peak_memory_mb, "resumed": run.resumed,
             "params": count_parameters(self.trainer.generator)["total"],
+            "processes": self.processes.world, "process_devices": self.devices,
+            "batch_size": layout.batch_size, "accumulate": layout.accumulate,
+            "micro_batch": layout.micro_batch,
+            "utterances_per_second": (round(run.timed_steps * layout.batch_size
+                                            / run.train_seconds, 3)
+                                      if run.train_seconds > 0 else None),
         }
+        if not self.main:
+            return summary
+        self._save_model(self.paths.model)
+        write_text(self.paths.log, self.paths.live_log.read_text())
         write_json(self.paths.summary, summary)
         self.progress.note(f"done: {run.global_step} steps, best {summary['best_key']} "
                            f"{_fmt(run.best_score)} at epoch {run.best_epoch}; wrote "
@@ -342,16 +386,21 @@ class _Run:
 
 
 @torch.no_grad()
-def validate(trainer: Trainer, dataset: EvalDataset) -> tuple[float, float]:
+def validate(trainer: Trainer, dataset: EvalDataset,
+             processes: Processes | None = None) -> tuple[float, float]:
     """Mean reconstruction loss and mean wide-band PESQ over whole utterances.
 
     The loss leaves out the MetricGAN term so that epochs before and after it is switched
     on compare; PESQ is of the waveform enhanced as the evaluation does it, averaged over
-    the utterances where PESQ succeeds (NaN if it fails for all).
+    the utterances where PESQ succeeds (NaN if it fails for all). Several ``processes``
+    each score every world-th utterance and the figures are gathered in utterance order,
+    so the means are those of one process.
     """
+    processes = processes or Processes()
     trainer.generator.eval()
+    indices = range(processes.rank, len(dataset), processes.world)
     losses, cleans, enhanced = [], [], []
-    for index in range(len(dataset)):
+    for index in indices:
         item = dataset[index]
         clean = torch.as_tensor(item["clean"], dtype=torch.float32, device=trainer.device)
         noisy = torch.as_tensor(item["noisy"], dtype=torch.float32, device=trainer.device)
@@ -361,6 +410,10 @@ def validate(trainer: Trainer, dataset: EvalDataset) -> tuple[float, float]:
         cleans.append(clean.cpu().numpy())
         enhanced.append(enhance_waveform(trainer.generator, noisy).cpu().numpy())
     pesq = trainer.pesq.scores(cleans, enhanced)
+    if processes.distributed:
+        scored = sorted(row for rows in processes.gather(list(zip(indices, losses, pesq)))
+                        for row in rows)
+        losses, pesq = [row[1] for row in scored], np.array([row[2] for row in scored])
     finite = pesq[np.isfinite(pesq)]
     return float(np.mean(losses)), float(finite.mean()) if finite.size else math.nan
 
@@ -407,15 +460,29 @@ class _JsonlLog:
         return self.path.stat().st_size
 
 
-class _Progress:
-    """A tqdm bar per epoch on a terminal; plain lines every ``every`` steps otherwise."""
+class _NoLog:
+    """The log of a process other than rank 0: nothing is written."""
 
-    def __init__(self, label: str, steps: int, every: int) -> None:
+    def write(self, obj: Mapping[str, Any]) -> None:
+        pass
+
+    def size(self) -> int:
+        return 0
+
+
+class _Progress:
+    """A tqdm bar per epoch on a terminal; plain lines every ``every`` steps otherwise;
+    nothing when ``quiet`` (the processes other than rank 0)."""
+
+    def __init__(self, label: str, steps: int, every: int, quiet: bool = False) -> None:
         self.label, self.steps, self.every = label, steps, every
-        self.tty = sys.stderr.isatty()
+        self.tty = sys.stderr.isatty() and not quiet
+        self.quiet = quiet
         self.bar: tqdm | None = None
 
     def note(self, message: str) -> None:
+        if self.quiet:
+            return
         (tqdm.write if self.bar is not None else print)(f"[{self.label}] {message}",
                                                           flush=True)
 

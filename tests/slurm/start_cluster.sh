@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Bring up a single-node SLURM cluster on localhost for the tests (Debian, as root,
 # no systemd needed): munged, mariadbd + slurmdbd (job accounting, so `sacct` works
-# the way it does on a real cluster), slurmctld, and slurmd with one fake GPU.
+# the way it does on a real cluster), slurmctld, and slurmd with two fake GPUs.
 #
 # Idempotent: installs missing packages, rewrites the configs only when they change
 # (restarting the SLURM daemons then), starts only daemons that are not running and
@@ -9,8 +9,9 @@
 # $STATE_DIR; tests/slurm/stop_cluster.sh stops exactly those.
 #
 # Cluster: partition "local", account "ci" (root is a member), node "localhost"
-# with all CPUs, memory minus 512 MB and gres gpu:1 (File=/dev/null: jobs get
-# CUDA_VISIBLE_DEVICES=0 but there is no device behind it).
+# with all CPUs, memory minus 512 MB and gres gpu:2 (File=/dev/null and /dev/zero: jobs
+# get CUDA_VISIBLE_DEVICES=0 or 0,1 but there is no device behind it; two, so that a
+# data-parallel training can ask for two).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -122,11 +123,12 @@ AccountingStoreFlags=job_comment
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=30
 GresTypes=gpu
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM Gres=gpu:1 State=UNKNOWN
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM Gres=gpu:2 State=UNKNOWN
 PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP"
-# gres/gpu needs a character device; nothing is done to it (TaskPlugin=task/none).
+# gres/gpu needs a character device per GPU; nothing is done to them (TaskPlugin=task/none).
 gres_conf="$MARKER
-NodeName=$NODE Name=gpu File=/dev/null"
+NodeName=$NODE Name=gpu File=/dev/null
+NodeName=$NODE Name=gpu File=/dev/zero"
 slurmdbd_conf="$MARKER
 AuthType=auth/munge
 DbdHost=$NODE
@@ -242,4 +244,4 @@ case "$state" in
   idle | mixed | allocated) ;;
   *) die "node $NODE not ready (state '$state'; logs: $LOG_DIR)" ;;
 esac
-log "ready: cluster=$CLUSTER partition=$PARTITION account=$ACCOUNT cpus=$CPUS mem=${MEM}M gpus=1 node=$state"
+log "ready: cluster=$CLUSTER partition=$PARTITION account=$ACCOUNT cpus=$CPUS mem=${MEM}M gpus=2 node=$state"

@@ -1,11 +1,13 @@
 # Config validation, wildcard constraints and small helpers shared by every rule.
 import json
+import os
 import re
 from pathlib import Path
 
 from snakemake.utils import validate
 
 from mbsnet.config import ablation_config, config_hash, validate_config
+from mbsnet.train.distributed import Layout
 
 
 # The package's check first: same schema, but errors name the key path (data.source) and
@@ -26,6 +28,8 @@ if _clash:
         f"config: ablations.{sorted(_clash)[0]}: this name is reserved for a results folder; "
         "choose another ablation name"
     )
+# Each training's batch must divide among its processes and micro-batches: say so now.
+LAYOUTS = {name: Layout.of(ablation_config(config, name)["training"], name) for name in ABLATIONS}
 
 
 wildcard_constraints:
@@ -84,6 +88,65 @@ def training_cpus(wildcards):
     resources.threads: the workers share the cores Snakemake hands out."""
     training = ablation_config(config, wildcards.ablation)["training"]
     return THREADS + training["pesq_workers"] + training["data_workers"]
+
+
+def train_processes(wildcards):
+    """The processes of one training (training.devices, absent: 1)."""
+    return LAYOUTS[wildcards.ablation].devices
+
+
+def train_gpus(wildcards):
+    """The `gpu` resource of a training: a GPU per process where it may run on CUDA."""
+    return gpu_request(wildcards) * train_processes(wildcards)
+
+
+def train_threads(wildcards):
+    """Cores a training takes locally: resources.threads for each of its processes."""
+    return THREADS * train_processes(wildcards)
+
+
+def process_threads(wildcards, threads):
+    """Each process's share of the cores Snakemake gave the training (`--cores` may have
+    capped them)."""
+    return max(1, threads // train_processes(wildcards))
+
+
+def train_mem_mb(wildcards):
+    """resources.train_mem_mb for each process of the training."""
+    return config["resources"]["train_mem_mb"] * train_processes(wildcards)
+
+
+def train_tasks(wildcards):
+    """SLURM tasks of a multi-process training (`--ntasks`); None for one process."""
+    processes = train_processes(wildcards)
+    return processes if processes > 1 else None
+
+
+def train_tasks_per_gpu(wildcards):
+    """One task per GPU (`--ntasks-per-gpu=1`: the plugin would otherwise ask `tasks` per
+    GPU) for a multi-process training on GPUs; None otherwise."""
+    return 1 if train_tasks(wildcards) and gpu_request(wildcards) else None
+
+
+def train_mpi(wildcards):
+    """Marks a multi-process training as what the SLURM plugin calls an MPI job: its job
+    runs the rule's command as it is, and the command starts the tasks with srun."""
+    return "srun" if train_tasks(wildcards) else None
+
+
+def train_launcher(wildcards):
+    """What starts a training's processes, before `mbsnet train`: nothing for one; for N,
+    `srun` inside the SLURM job of N tasks the resources above asked for, else
+    `torchrun --standalone` on this machine. A string resource, so it is evaluated where
+    the command runs (a SLURM job executes it remotely) and never triggers a rerun."""
+    processes = train_processes(wildcards)
+    if processes == 1:
+        return ""
+    if workflow.remote_exec and "SLURM_JOB_ID" in os.environ:
+        gpus = " --gpus-per-task=1" if gpu_request(wildcards) else ""
+        return (f"srun --ntasks={processes} --cpus-per-task={training_cpus(wildcards)}{gpus}"
+                " --kill-on-bad-exit=1 ")
+    return f"torchrun --standalone --nproc-per-node {processes} --no-python "
 
 
 def evaluation_settings(wildcards):

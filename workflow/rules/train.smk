@@ -1,5 +1,8 @@
 # Checkpoints go to results/{ablation}/seed{seed}/checkpoint/, which is not declared:
 # Snakemake deletes the outputs of a failed job, and a rerun must resume from them.
+# With training.devices N > 1 the training is N processes: locally under torchrun, on
+# SLURM a job of N tasks (and N GPUs) whose command starts them with srun (helpers in
+# common.smk).
 rule train:
     input:
         manifest=MANIFEST,
@@ -16,15 +19,20 @@ rule train:
         "results/logs/train/{ablation}_seed{seed}.log",
     benchmark:
         "results/benchmarks/train/{ablation}_seed{seed}.tsv"
-    threads: THREADS
+    threads: train_threads
     resources:
-        gpu=gpu_request,
+        gpu=train_gpus,
         cpus_per_task=training_cpus,
+        tasks=train_tasks,
+        tasks_per_gpu=train_tasks_per_gpu,
+        mpi=train_mpi,
+        launcher=train_launcher,
+        process_threads=process_threads,
         runtime=config["resources"]["train_runtime_min"],
-        mem_mb=config["resources"]["train_mem_mb"],
+        mem_mb=train_mem_mb,
     conda:
         ENV
     shell:
-        "mbsnet train --config {params.config} --ablation {wildcards.ablation}"
-        " --seed {wildcards.seed} --data {input.manifest} --out {params.out}"
-        " --threads {threads} > {log} 2>&1"
+        "{resources.launcher}mbsnet train --config {params.config}"
+        " --ablation {wildcards.ablation} --seed {wildcards.seed} --data {input.manifest}"
+        " --out {params.out} --threads {resources.process_threads} > {log} 2>&1"
