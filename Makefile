@@ -33,7 +33,7 @@ lock: $(STAMP)
 	} > constraints.txt.tmp && mv constraints.txt.tmp constraints.txt
 
 report: $(STAMP)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores $(CORES) report$(if $(CONFIG), --configfile $(CONFIG) --replace-workflow-config)$(if $(GPUS), --resources gpu=$(GPUS))
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/mbsnet watch -- $(BIN)/snakemake --cores $(CORES) report$(if $(CONFIG), --configfile $(CONFIG) --replace-workflow-config)$(if $(GPUS), --resources gpu=$(GPUS))
 
 # As root on Debian, also installs the system packages some tests need (a local SLURM
 # cluster, Chromium for the report); elsewhere those tests skip with a reason.

@@ -24,6 +24,12 @@ onstart:
     stop_jobs_on_interrupt()
 
 
+# After a successful run (not a dry run, nor one with nothing to do): the report's path and
+# its headline table, when this run wrote them.
+onsuccess:
+    print_report_headline()
+
+
 rule all:
     default_target: True
     input:

@@ -34,12 +34,26 @@ def enhance_waveform(model: nn.Module, wave: torch.Tensor) -> torch.Tensor:
     if wave.dim() not in (1, 2):
         raise ValueError(f"expected [samples] or [batch, samples], got {tuple(wave.shape)}")
     batch = wave.reshape(1, -1) if wave.dim() == 1 else wave
-    length = batch.shape[-1]
-    x = batch.to(model_device(model), torch.float32)
-    mode = "reflect" if length > HOP else "constant"
-    x = F.pad(x.unsqueeze(1), (HOP, HOP), mode=mode).squeeze(1)
-    enhanced = istft(model(stft(x)), length=x.shape[-1])[:, HOP: HOP + length]
+    enhanced, _ = enhance_with_spectrum(model, batch.to(model_device(model)))
     return enhanced.reshape(wave.shape).to(wave.device)
+
+
+def pad_hop(batch: torch.Tensor) -> torch.Tensor:
+    """``[B, samples]`` float32, padded by one hop on both sides as the evaluation does
+    (reflect; zeros for inputs of at most one hop)."""
+    mode = "reflect" if batch.shape[-1] > HOP else "constant"
+    return F.pad(batch.float().unsqueeze(1), (HOP, HOP), mode=mode).squeeze(1)
+
+
+@torch.no_grad()
+def enhance_with_spectrum(model: nn.Module, batch: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The enhanced ``[B, samples]`` waveforms and the model's complex output for the
+    padded input (:func:`pad_hop`), from one forward pass; on ``batch``'s device."""
+    length = batch.shape[-1]
+    padded = pad_hop(batch)
+    spectrum = model(stft(padded)).to(torch.complex64)
+    return istft(spectrum, length=padded.shape[-1])[:, HOP: HOP + length], spectrum
 
 
 # ---------------------------------------------------------------------------- files

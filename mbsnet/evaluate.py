@@ -1,11 +1,13 @@
 """Enhance a split of the prepared corpus and score it: eval/metrics.tsv and summary.json
-(formats in docs/results.md). Without a model the unprocessed noisy input is scored."""
+(formats in docs/results.md), and with a model the enhanced WAV of the report's example
+utterance in eval/example/. Without a model the unprocessed noisy input is scored."""
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,26 +17,64 @@ import torch
 from torch import nn
 
 from .atomic import atomic_dir, atomic_path, write_json
-from .data.manifest import read_split
+from .data.manifest import example_utterance, read_split
 from .device import describe as describe_device
 from .enhance import enhance_waveform, model_device
+from .errors import DataError
 from .metrics import METRICS, iter_scores
 from .stats import t_half_width
 from .wavio import read_16k, write_wav_16k
 
 NOISY = "noisy"
 COLUMNS = ("utt_id", "system", "snr", "noise", *METRICS, "error")
+#: the folder of ``out`` with the example utterance's enhanced WAV, whatever save_wavs says
+EXAMPLE_DIR = "example"
 
 
-def _enhanced_pairs(model: nn.Module, rows: pd.DataFrame,
-                    wav_dir: Path | None) -> Iterator[tuple[str, np.ndarray]]:
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def example_ids(rows: pd.DataFrame, wanted: Sequence[str] | None, split: str,
+                manifest: str | Path) -> list[str]:
+    """The utterances of ``rows`` (one split) whose enhanced WAV goes to example/:
+    ``wanted``, or when None the report's default example (its first utterance). An id that
+    is not in the split is a warning, not an error: the example only illustrates the report,
+    which says the same where it shows it."""
+    if wanted is None:
+        return [example_utterance(rows, split=split, where=str(manifest))]
+    kept = []
+    for utt in dict.fromkeys(wanted):
+        try:
+            kept.append(example_utterance(rows, utt, split=split, key="example utterance",
+                                          where=str(manifest)))
+        except DataError as exc:
+            _warn(f"{exc}; no enhanced WAV is kept for it")
+    return kept
+
+
+def _enhanced_pairs(model: nn.Module, rows: pd.DataFrame, wav_dir: Path | None,
+                    example_dir: Path | None,
+                    examples: set[str]) -> Iterator[tuple[str, np.ndarray]]:
     """(clean path, enhanced float32 signal) per row; enhancement runs here, lazily."""
     for utt_id, clean, noisy in zip(rows["utt_id"], rows["clean"], rows["noisy"]):
         wave = torch.from_numpy(read_16k(noisy, dtype="float32"))
         enhanced = enhance_waveform(model, wave).cpu().numpy()
         if wav_dir is not None:
-            write_wav_16k(wav_dir / f"{utt_id}.wav", enhanced)
+            _keep(wav_dir, "wavs", utt_id, enhanced)
+        if example_dir is not None and utt_id in examples:
+            _keep(example_dir, EXAMPLE_DIR, utt_id, enhanced)
         yield clean, enhanced
+
+
+def _keep(folder: Path, shown: str, utt_id: str, enhanced: np.ndarray) -> None:
+    """Write an enhanced WAV; one that is not finite is left out with a warning (its metrics
+    fail and say so in metrics.tsv), not the end of the evaluation."""
+    try:
+        write_wav_16k(folder / f"{utt_id}.wav", enhanced)
+    except DataError as exc:   # write_wav_16k's check of the samples
+        why = str(exc).split("(samples to write): ")[-1]
+        _warn(f"{shown}/{utt_id}.wav not written: {why}")
 
 
 def metrics_table(rows: pd.DataFrame, scores: list[dict[str, Any]], system: str) -> pd.DataFrame:
@@ -95,18 +135,25 @@ def write_outputs(out: str | Path, table: pd.DataFrame, summary: dict[str, Any])
 
 def evaluate(manifest: str | Path, out: str | Path, *, model: nn.Module | None = None,
              system: str = NOISY, split: str = "test", workers: int = 1,
-             save_wavs: bool = False, progress: bool = True) -> dict[str, Any]:
+             save_wavs: bool = False, examples: Sequence[str] | None = None,
+             progress: bool = True) -> dict[str, Any]:
     """Score ``split``: the model's enhanced output, or the noisy input when ``model`` is
-    None. Writes metrics.tsv, summary.json (and wavs/ with ``save_wavs``) under ``out``
-    and returns the summary."""
+    None. Writes metrics.tsv and summary.json under ``out``, with a model also
+    example/{utt_id}.wav for each of ``examples`` (None: the report's default example, the
+    split's first utterance) and with ``save_wavs`` wavs/ for every utterance; returns the
+    summary."""
     rows = read_split(manifest, split)
     out = Path(out)
-    saving = model is not None and save_wavs
-    with atomic_dir(out / "wavs") if saving else contextlib.nullcontext() as wav_dir:
-        if model is None:
-            pairs = zip(rows["clean"], rows["noisy"])
+    with contextlib.ExitStack() as stack:
+        wav_dir = example_dir = None
+        if model is not None:
+            keep = set(example_ids(rows, examples, split, manifest))
+            example_dir = stack.enter_context(atomic_dir(out / EXAMPLE_DIR))
+            if save_wavs:
+                wav_dir = stack.enter_context(atomic_dir(out / "wavs"))
+            pairs = _enhanced_pairs(model.eval(), rows, wav_dir, example_dir, keep)
         else:
-            pairs = _enhanced_pairs(model.eval(), rows, wav_dir)
+            pairs = zip(rows["clean"], rows["noisy"])
         scores = list(iter_scores(pairs, workers=workers, progress=progress, total=len(rows),
                                   desc=f"evaluate {system}"))
     table = metrics_table(rows, scores, system)

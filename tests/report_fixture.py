@@ -32,6 +32,10 @@ PARENTS = {"abl1": "bsrnn", "abl2": "abl1", "abl3": "abl2", "optimized": "abl2",
 #: (device, scan) recorded by each ablation's profile and training (default: cpu, chunked)
 PLACES = {"bsrnn": ("cpu", None), "abl1": ("cuda:0 (NVIDIA H100)", "mamba_ssm")}
 TRAINED_ON = {"abl1": ("cuda:1 = GPU 3 (NVIDIA H100)", "mamba_ssm")}
+# abl2 trains as 2 data-parallel processes with 2 micro-batches each (training.devices,
+# training.accumulate); the others as one process
+LAYOUTS = {"abl2": {"processes": 2, "process_devices": ["cpu", "cpu"], "batch_size": 8,
+                    "accumulate": 2, "micro_batch": 2, "utterances_per_second": 3.25}}
 _TIME = {"type": "mamba", "axis": "time", "bidirectional": True, "d_state": 4}
 _BAND = {"type": "mamba", "axis": "band", "bidirectional": True, "d_state": 4}
 _OPTIMIZED = {"channels": 16, "decoder": "lightweight", "final_norm": True,
@@ -58,16 +62,20 @@ def make_results_tree(
     failed_training: Iterable[str] = (),
     never_run: Iterable[str] = (),
     no_profile: Iterable[str] = (),
-    save_wavs: bool = True,
+    save_wavs: bool = False,
+    examples: bool = True,
     lineage: bool = True,
 ) -> tuple[Path, Path]:
     """Write ``root/config.yaml`` and ``root/results``; return both paths.
 
     ``failed_training``: a log and a workflow log that stop mid-run, nothing else;
     ``never_run``: configured but no files at all; ``no_profile``: trained and evaluated but
-    without profile.json; ``lineage``: write PARENTS into the config (else every ablation is
-    compared with the baseline). abl1 has a skipped step, a resumed run, a failed PESQ on one
-    utterance and a pre-flight memory warning; optimized_as_coded scores like optimized.
+    without profile.json; ``examples``: each evaluation's eval/example/ holds the first test
+    utterance enhanced, as `mbsnet evaluate` writes it (False: a tree from before it did);
+    ``save_wavs``: eval/wavs/ holds the first two; ``lineage``: write PARENTS into the config
+    (else every ablation is compared with the baseline). abl1 has a skipped step, a resumed
+    run, a failed PESQ on one utterance and a pre-flight memory warning; optimized_as_coded
+    scores like optimized.
     """
     ablations, seeds = list(ablations), list(seeds)
     results = root / "results"
@@ -99,11 +107,14 @@ def make_results_tree(
             eval_dir = run / "eval"
             _write_eval(eval_dir, name, utts, difficulty + 0.05 * seed, rng,
                         failed=utts[2]["utt_id"] if name == "abl1" else None)
-            if save_wavs:
-                for utt in utts[:2]:
-                    clean, _ = soundfile.read(results / "data" / utt["clean"])
-                    _wav(eval_dir / "wavs" / f"{utt['utt_id']}.wav",
-                         clean + 0.01 * rng.standard_normal(clean.size))
+            for i, utt in enumerate(utts[:2]):
+                clean, _ = soundfile.read(results / "data" / utt["clean"])
+                # drawn whatever is saved, so the metrics of the next systems stay the same
+                enhanced = clean + 0.01 * rng.standard_normal(clean.size)
+                if examples and i == 0:
+                    _wav(eval_dir / "example" / f"{utt['utt_id']}.wav", enhanced)
+                if save_wavs:
+                    _wav(eval_dir / "wavs" / f"{utt['utt_id']}.wav", enhanced)
     return config_path, results
 
 
@@ -204,7 +215,9 @@ def _write_training(run: Path, name: str, seed: int, abl1: bool) -> None:
                "best_score": 1.5 + QUALITY[name], "peak_memory_mb": 900.0,
                "resumed": 1 if abl1 else 0, "params": PARAMS[name][0]}
     device, scan = TRAINED_ON.get(name, PLACES.get(name, ("cpu", "chunked")))
-    summary.update(device=device, scan=scan)
+    summary.update(device=device, scan=scan, **LAYOUTS.get(name, {
+        "processes": 1, "process_devices": [device], "batch_size": 2, "accumulate": 1,
+        "micro_batch": 2, "utterances_per_second": 1.5}))
     (run / "train_summary.json").write_text(json.dumps(summary, indent=2))
 
 

@@ -4,7 +4,8 @@ import pytest
 
 from mbsnet.cli import command_names, main
 
-EXPECTED = {"enhance", "evaluate", "params", "prepare", "profile", "report", "score", "train"}
+EXPECTED = {"enhance", "evaluate", "params", "prepare", "profile", "report", "score", "train",
+            "watch"}
 
 
 def test_every_subcommand_is_discovered():

@@ -14,6 +14,7 @@ from torch import nn
 
 from mbsnet.audio import HOP
 from mbsnet.cli import main
+from mbsnet.data.manifest import example_utterance, read_manifest
 from mbsnet.enhance import enhance_files, enhance_waveform
 from mbsnet.errors import DataError
 from mbsnet.evaluate import COLUMNS, evaluate, summarise
@@ -157,6 +158,60 @@ def test_identity_model_scores_like_the_noisy_input(corpus, noisy_eval, tmp_path
     noisy_wave, _ = sf.read(corpus["root"] / "test" / "noisy" / "t1.wav")
     assert rate == SR and enhanced.shape == noisy_wave.shape
     assert np.max(np.abs(enhanced - noisy_wave)) <= 2 / 32768
+    # the report's example, kept whatever save_wavs says: the same samples
+    assert [p.name for p in (tmp_path / "eval" / "example").iterdir()] == ["t1.wav"]
+    example, _ = sf.read(tmp_path / "eval" / "example" / "t1.wav")
+    np.testing.assert_array_equal(example, enhanced)
+    assert not [p for p in (tmp_path / "eval").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_the_example_is_kept_without_save_wavs(corpus, tmp_path, capsys):
+    out = tmp_path / "eval"
+    (out / "example").mkdir(parents=True)
+    (out / "example" / "stale.wav").write_bytes(b"from an earlier evaluation")
+    evaluate(corpus["manifest"], out, model=Identity(), system="identity",
+             examples=["t3", "tr1", "nope", "t3"], progress=False)
+    assert not (out / "wavs").exists()
+    assert sorted(p.name for p in (out / "example").iterdir()) == ["t3.wav"]
+    kept, rate = sf.read(out / "example" / "t3.wav")
+    noisy_wave, _ = sf.read(corpus["root"] / "test" / "noisy" / "t3.wav")
+    assert rate == SR and np.max(np.abs(kept - noisy_wave)) <= 2 / 32768
+    err = capsys.readouterr().err      # not test utterances: said, and the scores still made
+    for bad in ("tr1", "nope"):
+        assert (f"warning: example utterance '{bad}' is not a test utterance in "
+                f"{corpus['manifest']} (e.g. 't1'); no enhanced WAV is kept for it") in err
+    assert len(pd.read_csv(out / "metrics.tsv", sep="\t")) == 4
+
+
+def test_a_non_finite_output_is_scored_not_written(corpus, tmp_path, capsys):
+    class NaNs(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gain = nn.Parameter(torch.ones(()))
+
+        def forward(self, spec: torch.Tensor) -> torch.Tensor:
+            return spec * torch.nan
+
+    out = tmp_path / "eval"
+    summary = evaluate(corpus["manifest"], out, model=NaNs(), system="nan", save_wavs=True,
+                       progress=False)
+    assert summary["failed"]["pesq_wb"] == 4                  # every utterance, recorded
+    assert list((out / "example").iterdir()) == list((out / "wavs").iterdir()) == []
+    err = capsys.readouterr().err
+    assert "warning: example/t1.wav not written: " in err
+    assert "warning: wavs/t3.wav not written: " in err
+
+
+def test_example_utterance_is_the_configured_or_the_first_test_one(corpus):
+    manifest = read_manifest(corpus["manifest"])
+    assert example_utterance(manifest) == "t1"            # manifest order, not sorted
+    assert example_utterance(manifest, "silent") == "silent"
+    assert example_utterance(manifest, split="train") == "tr1"
+    with pytest.raises(DataError, match=r"^report.example_utterance 'tr1' is not a test "
+                                        r"utterance in the manifest \(e.g. 't1'\)$"):
+        example_utterance(manifest, "tr1")
+    with pytest.raises(DataError, match="^data/manifest.tsv has no valid utterances$"):
+        example_utterance(manifest, split="valid", where="data/manifest.tsv")
 
 
 def test_evaluate_unknown_split(corpus, tmp_path):
@@ -191,8 +246,25 @@ def test_cli_evaluate_model(corpus, tmp_path, capsys):
     assert table["system"].tolist() == ["tiny"] * 4
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["system"], summary["device"]) == ("tiny", "cpu")
-    assert "tiny: 4 utterances on cpu, PESQ " in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "tiny: 4 utterances on cpu, PESQ " in printed
+    assert printed.rstrip().endswith(f"-> {out} (example: t1)")
     assert not (out / "wavs").exists()
+    assert [p.name for p in (out / "example").iterdir()] == ["t1.wav"]
+    assert sf.info(out / "example" / "t1.wav").frames == SR * 6 // 5     # 1.2 s, as read
+
+    assert main(["evaluate", "--model", str(model), "--data", str(corpus["manifest"]),
+                 "--out", str(out), "--workers", "1", "--device", "cpu",
+                 "--example", "t2", "--example", "silent"]) == 0
+    assert sorted(p.name for p in (out / "example").iterdir()) == ["silent.wav", "t2.wav"]
+    assert capsys.readouterr().out.rstrip().endswith("(example: silent, t2)")
+
+
+def test_cli_example_needs_a_model(corpus, tmp_path, capsys):
+    assert main(["evaluate", "--noisy", "--data", str(corpus["manifest"]),
+                 "--out", str(tmp_path), "--example", "t1"]) == 2
+    assert "--example needs --model" in capsys.readouterr().err
+    assert not (tmp_path / "metrics.tsv").exists()
 
 
 # ---------------------------------------------------------------------------- enhance files

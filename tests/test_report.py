@@ -8,6 +8,7 @@ import fcntl
 import json
 import math
 import os
+import re
 import select
 import shutil
 import subprocess
@@ -19,6 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import soundfile as sf
+import torch
 import yaml
 from markupsafe import escape  # as Jinja2 escapes
 from scipy import stats as scipy_stats
@@ -26,6 +29,7 @@ from scipy import stats as scipy_stats
 from mbsnet import stats
 from mbsnet.cli import main
 from mbsnet.config import config_hash, load_config
+from mbsnet.evaluate import evaluate
 from mbsnet.report import collect, render, step_views, steps
 from mbsnet.report.collect import METRICS, Missing
 
@@ -187,11 +191,18 @@ def test_report_from_fixture_tree(report):
     assert row["pesq_wb"] == pytest.approx(abl1["pesq_wb"].mean(), rel=1e-5)   # NaN left out
     assert row["si_sdr_ci95"] == pytest.approx(stats.mean_ci(abl1["si_sdr"]).ci95, rel=1e-5)
     assert row["params"] == 2_610_000 and row["params_ratio"] == pytest.approx(2.61 / 1.8, rel=1e-5)
-    assert row["train_wall_seconds"] == 3725.0
+    assert row["train_wall_seconds"] == 3725.0                   # seconds, a number
+    assert tsv.columns[tsv.columns.get_loc("inference_rtf") + 1] == "train_wall_seconds"
 
     md = (report.parent / "summary.md").read_text().splitlines()
     assert [line.split("|")[1].strip() for line in md[2:8]] == ["noisy", *ALL]
     assert "**2.83 ± 0.18**" in md[4] and "×1.45 ⚠" in md[4]   # abl1: best PESQ, params off
+    # the wall time as its header says, in minutes:seconds: 3725 s
+    assert md[0].split("|")[-2].strip() == "Train wall time (min:s)"
+    assert md[3].split("|")[-2].strip() == "62:05"              # bsrnn
+    assert "Train wall time in minutes:seconds" in md[9]
+    assert "<th>Train wall time (min:s)</th></tr>" in html
+    assert rows[1][-1] == "62:05"
 
     # parameter mismatch flagged in red, with the ratio
     assert '<td class="mismatch"' in html and "×1.45" in html
@@ -227,6 +238,9 @@ def test_missing_pieces_render_as_missing_cells(report):
     assert f"<b>abl3 seed 0</b>: missing: {escape(evidence)}</li>" in html
     assert "<b>abl2 profile</b>: missing: not profiled (no abl2/profile.json)" in html
     assert "missing: abl3 was not scored" in html                    # its audio player
+    # 8 rows against the baseline, 4 of them tested (abl3 and optimized have no scores)
+    assert len(_tables(html)["significance-table"]) == 8
+    assert re.search(r"Holm-corrected over the 4\s+comparison\(s\) tested", html)
     tsv = pd.read_csv(report.parent / "summary.tsv", sep="\t").set_index("system")
     assert math.isnan(tsv.loc["abl3", "pesq_wb"])
     assert tsv.loc["optimized", "missing"] == (
@@ -242,13 +256,16 @@ def test_missing_pieces_render_as_missing_cells(report):
 def test_devices_and_scans_of_each_ablation(report):
     rows = {r[0]: r[1:] for r in _tables(report.read_text())["devices"]}
     assert list(rows) == list(ALL)
-    assert rows["bsrnn"] == ["cpu", "none (no Mamba block)", "cpu", "none (no Mamba block)", ""]
+    assert rows["bsrnn"] == ["cpu", "none (no Mamba block)", "cpu", "none (no Mamba block)",
+                             "2", "1.50", ""]
     # profiled and trained on the same kind of GPU, with different indices: no note
     assert rows["abl1"] == ["cuda:0 (NVIDIA H100)", "mamba_ssm",
-                            "cuda:1 = GPU 3 (NVIDIA H100)", "mamba_ssm", ""]
-    assert rows["abl2"] == ["missing: not profiled", "missing: not profiled", "cpu", "chunked",
-                            ""]
-    assert rows["abl3"][2:] == ["not trained", "not trained", ""]
+                            "cuda:1 = GPU 3 (NVIDIA H100)", "mamba_ssm", "2", "1.50", ""]
+    # data-parallel: every process's device, and how the global batch is divided
+    assert rows["abl2"] == ["missing: not profiled", "missing: not profiled",
+                            "2 processes: cpu, cpu", "chunked",
+                            "8 = 2 x 2 x 2 (processes x micro-batches x items)", "3.25", ""]
+    assert rows["abl3"][2:] == ["not trained"] * 4 + [""]
 
 
 def test_a_profile_on_another_device_or_scan_than_the_training_is_flagged(tmp_path):
@@ -327,6 +344,7 @@ def test_too_small_test_set_is_said_plainly(tmp_path):
         "too few paired utterances for a conclusion (5 < 10)",
         "too few paired utterances for a conclusion (6 < 10)"]
     assert [r["p_holm"] for r in context["rows"]] == ["—", "—"]
+    assert context["tests"] == 0                                     # none was made
 
 
 # --------------------------------------------------------------------------- steps
@@ -481,26 +499,110 @@ def test_several_seeds_show_the_spread(tmp_path):
     assert tsv.loc["bsrnn", "stoi_seed_sd"] == pytest.approx(est.seed_sd)
 
 
-def test_example_without_saved_wavs_says_why(tmp_path):
-    config, results = make_results_tree(tmp_path, ablations=("bsrnn",), save_wavs=False)
+def _wav_samples(path: Path) -> np.ndarray:
+    wave, rate = sf.read(path, dtype="float32")
+    assert rate == 16000
+    return wave
+
+
+def test_example_is_complete_without_saved_wavs(tmp_path):
+    """The default run (evaluation.save_wavs false): every ablation's example from
+    eval/example/, which every evaluation writes."""
+    config, results = make_results_tree(tmp_path, ablations=("bsrnn", "abl1"), seeds=(0, 1))
+    assert load_config(config)["evaluation"]["save_wavs"] is False
     example = collect.example_audio(collect.load_results(results, load_config(config)))
     assert example.utt_id == "test_002"                           # the first test utterance
+    assert list(example.signals) == ["clean", "noisy", "bsrnn", "abl1"]
     assert example.signals["clean"].shape == (6400,)
-    assert str(example.signals["bsrnn"]) == ("missing: enhanced audio not saved "
-                                             "(evaluation.save_wavs is false)")
+    for name in ("bsrnn", "abl1"):                                # seed 0's file
+        np.testing.assert_array_equal(example.signals[name], _wav_samples(
+            results / name / "seed0" / "eval" / "example" / "test_002.wav"))
+
+
+def test_example_from_an_older_tree(tmp_path):
+    """Evaluated before eval/example/ existed: eval/wavs/ where it was saved, else a missing
+    player that names the file and how to get it."""
+    config, results = make_results_tree(tmp_path / "wavs", ablations=("bsrnn",),
+                                        examples=False, save_wavs=True)
+    example = collect.example_audio(collect.load_results(results, load_config(config)))
+    np.testing.assert_array_equal(example.signals["bsrnn"], _wav_samples(
+        results / "bsrnn" / "seed0" / "eval" / "wavs" / "test_002.wav"))
+
+    config, results = make_results_tree(tmp_path / "none", ablations=("bsrnn",),
+                                        examples=False)
+    log = results / "logs" / "evaluate" / "bsrnn_seed0.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("bsrnn: 12 utterances on cpu\n")
+    example = collect.example_audio(collect.load_results(results, load_config(config)))
+    missing = example.signals["bsrnn"]
+    assert str(missing) == "missing: no bsrnn/seed0/eval/example/test_002.wav"
+    assert missing.full == ("no bsrnn/seed0/eval/example/test_002.wav (mbsnet evaluate writes "
+                            "it (--example test_002); rerun the evaluation; see "
+                            'logs/evaluate/bsrnn_seed0.log: "bsrnn: 12 utterances on cpu")')
+    assert isinstance(example.signals["noisy"], np.ndarray)
 
 
 def test_configured_example_utterance(tmp_path):
-    config, results = make_results_tree(tmp_path, ablations=("bsrnn",))
+    config, results = make_results_tree(tmp_path, ablations=("bsrnn",), save_wavs=True)
     cfg = load_config(config)
     cfg["report"]["example_utterance"] = "test_003"
     example = collect.example_audio(collect.load_results(results, cfg))
     assert example.utt_id == "test_003"
-    assert example.signals["bsrnn"].shape == (6400,)               # its saved enhanced WAV
-    cfg["report"]["example_utterance"] = "train_000"
-    example = collect.example_audio(collect.load_results(results, cfg))
-    assert str(example.utt_id) == ("missing: report.example_utterance 'train_000' is not a "
-                                   "test utterance in data/manifest.tsv")
+    np.testing.assert_array_equal(example.signals["bsrnn"], _wav_samples(   # not in example/
+        results / "bsrnn" / "seed0" / "eval" / "wavs" / "test_003.wav"))
+    for bad in ("train_000", "nope"):
+        cfg["report"]["example_utterance"] = bad
+        example = collect.example_audio(collect.load_results(results, cfg))
+        assert str(example.utt_id) == (f"missing: report.example_utterance '{bad}' is not a "
+                                       "test utterance in data/manifest.tsv (e.g. 'test_002')")
+        assert example.signals == {}
+
+
+class _Identity(torch.nn.Module):
+    """Stand-in model: gives back the noisy spectrogram."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        return spec * self.gain
+
+
+def test_evaluate_keeps_the_example_the_report_shows(tmp_path):
+    """`mbsnet evaluate` and the report choose the example with one function: what one
+    writes, the other shows, configured or not."""
+    config, results = make_results_tree(tmp_path, ablations=("bsrnn",), examples=False)
+    cfg = load_config(config)
+    eval_dir = results / "bsrnn" / "seed0" / "eval"
+    for wanted in (None, "test_005"):
+        cfg["report"]["example_utterance"] = wanted
+        evaluate(results / "data" / "manifest.tsv", eval_dir, model=_Identity(), system="bsrnn",
+                 examples=None if wanted is None else [wanted], progress=False)
+        example = collect.example_audio(collect.load_results(results, cfg))
+        expected = "test_002" if wanted is None else wanted
+        assert example.utt_id == expected
+        assert sorted(p.name for p in (eval_dir / "example").iterdir()) == [f"{expected}.wav"]
+        # the identity model's output: the noisy input, to PCM-16 precision
+        np.testing.assert_allclose(example.signals["bsrnn"], example.signals["noisy"],
+                                   atol=3 / 32768)
+
+
+def test_every_example_signal_has_a_player_and_a_spectrogram(tmp_path, monkeypatch):
+    config, results = make_results_tree(tmp_path, ablations=("bsrnn", "abl1", "abl2"),
+                                        never_run=("abl2",))
+    drawn = []
+    monkeypatch.setattr(render.figures, "figure_uri",
+                        lambda fig, fmt="svg": drawn.append(fig) or "data:,")
+    context = render._example_context(collect.load_results(results, load_config(config)))
+    assert [(p["label"], p["uri"].startswith("data:audio/wav;base64,"), p["missing"])
+            for p in context["players"]] == [
+        ("clean", True, ""), ("noisy", True, ""), ("bsrnn", True, ""), ("abl1", True, ""),
+        ("abl2", False, "missing: abl2 was not scored")]
+    (fig,) = drawn
+    panels = [ax.get_title(loc="left") for ax in fig.axes if ax.get_title(loc="left")]
+    assert panels == ["clean", "noisy", "bsrnn", "abl1"]
+    assert context["figure"]["caption"].startswith("Log-magnitude spectrograms")
 
 
 def test_noise_table_and_training_curves(tmp_path):

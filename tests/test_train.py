@@ -26,8 +26,9 @@ from torch.utils._pytree import tree_leaves
 from mbsnet import cli
 from mbsnet.audio import stft
 from mbsnet.config import ablation_config, validate_config
-from mbsnet.data.datasets import TrainDataset
+from mbsnet.data.datasets import EvalDataset, TrainDataset
 from mbsnet.device import peak_memory_mb, select_device
+from mbsnet.enhance import enhance_waveform
 from mbsnet.errors import ConfigError, DataError, MbsnetError
 from mbsnet.metrics import pesq_wb
 from mbsnet.models import load_model
@@ -39,7 +40,7 @@ from mbsnet.train import checkpoint as ckpt
 from mbsnet.train import trainer as trainer_module
 from mbsnet.train.discriminator_targets import PesqScorer, metric_targets, normalised_pesq
 from mbsnet.train.losses import compressed_magnitude, discriminator_loss, reconstruction_loss
-from mbsnet.train.trainer import Trainer, autocast_dtype
+from mbsnet.train.trainer import Trainer, autocast_dtype, first_metric_epoch
 
 SR = 16000
 LOSS = {"ri_weight": 0.5, "mag_weight": 0.5, "compress": 0.3, "metric_weight": 1.0}
@@ -776,3 +777,67 @@ def test_resuming_a_finished_run_says_so(manifest, tmp_path, capsys):
     printed = capsys.readouterr().out + capsys.readouterr().err
     assert "all 1 epochs done, writing the outputs" in printed
     assert "epoch 2" not in printed
+
+
+# -- the discriminator only where the generator uses it ----------------------------------
+
+@pytest.mark.parametrize(("metricgan_from", "epochs", "first"),
+                         [(0.5, 2, 1), (0.5, 3, 2), (0.0, 3, 0), (0.99, 3, None), (1.0, 3, None)])
+def test_first_metric_epoch(metricgan_from, epochs, first):
+    settings = {"metricgan_from": metricgan_from, "epochs": epochs}
+    assert first_metric_epoch(settings) == first
+    # the loop's rule: epoch e uses the term when e >= metricgan_from x epochs
+    assert [e >= metricgan_from * epochs for e in range(epochs)] == \
+        [first is not None and e >= first for e in range(epochs)]
+
+
+def test_no_metric_term_no_discriminator_training_and_the_same_generator(manifest, tmp_path,
+                                                                         monkeypatch, capsys):
+    """metricgan_from 1.0: the discriminator keeps its initial weights and no step is logged
+    as a skipped discriminator step; the generator ends bit-identical to a run that trains
+    the discriminator beside it without using it (as before)."""
+    config = tiny_config(metricgan_from=1.0)
+    run_training(config, manifest, tmp_path / "off")
+    assert "the discriminator is not trained" in capsys.readouterr().out
+    # the same run training the discriminator every step, the term never used
+    monkeypatch.setattr(loop, "first_metric_epoch", lambda settings: settings["epochs"])
+    run_training(config, manifest, tmp_path / "on")
+
+    states = {name: torch.load(tmp_path / name / "checkpoint" / "last.pt",
+                               weights_only=False)["trainer"] for name in ("off", "on")}
+    off, on = states["off"], states["on"]
+    assert off["generator"].keys() == on["generator"].keys()
+    for key, value in off["generator"].items():
+        assert torch.equal(value, on["generator"][key]), key
+    assert not off["disc_optimizer"]["state"] and on["disc_optimizer"]["state"]
+    changed = [key for key, value in off["discriminator"].items()
+               if not torch.equal(value, on["discriminator"][key])]
+    assert changed  # the trained one moved; the untrained one is at its initialisation
+    logs = {name: read_log(tmp_path / name / "train_log.jsonl") for name in ("off", "on")}
+    assert all(s["disc_loss"] is None and "reason" not in s
+               for s in logs["off"] if s["kind"] == "step")
+    assert all(s["disc_loss"] is not None for s in logs["on"] if s["kind"] == "step")
+    summaries = {name: json.loads((tmp_path / name / "train_summary.json").read_text())
+                 for name in ("off", "on")}
+    assert summaries["off"]["disc_skipped_steps"] == 0
+    assert summaries["off"]["best_score"] == summaries["on"]["best_score"]
+
+
+def test_validation_scores_the_evaluations_waveform_from_one_forward_pass(manifest,
+                                                                          monkeypatch):
+    trainer = make_trainer("abl1")
+    dataset = EvalDataset(manifest, split="valid")
+    calls = []
+    forward = trainer.generator.forward
+    monkeypatch.setattr(trainer.generator, "forward",
+                        lambda spec: calls.append(spec.shape) or forward(spec))
+    scored = []
+    monkeypatch.setattr(trainer.pesq, "scores",
+                        lambda refs, degraded: scored.extend(degraded) or np.full(len(refs), 2.0))
+    val_loss, val_pesq = loop.validate(trainer, dataset)
+    assert len(calls) == len(dataset) == len(scored) == 1
+    monkeypatch.undo()
+    noisy = torch.as_tensor(dataset[0]["noisy"], dtype=torch.float32)
+    expected = enhance_waveform(trainer.generator, noisy).numpy()
+    np.testing.assert_array_equal(scored[0], expected)
+    assert val_pesq == 2.0 and math.isfinite(val_loss)

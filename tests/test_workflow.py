@@ -117,6 +117,7 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     config_path = shutil.copy(TINY, work / "tiny.yaml")
     result = snakemake(work, "--cores", "2", "report", config=config_path)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "Report: results/report.html" in result.stdout  # the onsuccess headline
     html = (work / "results" / "report.html").read_text()
     for name in ("bsrnn", "mamba", "noisy"):
         assert name in html

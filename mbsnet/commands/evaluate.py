@@ -1,14 +1,16 @@
 """`mbsnet evaluate`: enhance the test split with a trained model (or take the noisy input)
-and write eval/metrics.tsv and summary.json."""
+and write eval/metrics.tsv and summary.json, and the report's example utterance enhanced in
+eval/example/."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..atomic import check_writable
 from ..device import DEVICE_CHOICES, select_device, set_threads
 from ..errors import ConfigError
-from ..evaluate import NOISY, evaluate
+from ..evaluate import EXAMPLE_DIR, NOISY, evaluate
 
 HELP = "Enhance and score a split of the corpus (or score the noisy input with --noisy)."
 
@@ -24,6 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="scoring processes (default: 2)")
     parser.add_argument("--save-wavs", action="store_true",
                         help="also write the enhanced WAVs to OUT/wavs/")
+    parser.add_argument("--example", action="append", metavar="UTT_ID",
+                        help="an utterance whose enhanced WAV is always kept, in "
+                             f"OUT/{EXAMPLE_DIR}/UTT_ID.wav, for the report; repeatable "
+                             "(default: the split's first utterance, the report's default; "
+                             "the workflow passes report.example_utterance when it is set)")
     parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
                         help="where the model runs (default: auto)")
     parser.add_argument("--threads", type=int, default=None,
@@ -37,8 +44,9 @@ def run(args: argparse.Namespace) -> int:
         set_threads(args.threads)
     check_writable(args.out)
     if args.noisy:
-        if args.save_wavs:
-            raise ConfigError("--save-wavs needs --model (the noisy input is already on disk)")
+        if args.save_wavs or args.example:
+            option = "--save-wavs" if args.save_wavs else "--example"
+            raise ConfigError(f"{option} needs --model (the noisy input is already on disk)")
         summary = evaluate(args.data, args.out, system=NOISY, split=args.split,
                            workers=args.workers)
     else:
@@ -47,14 +55,17 @@ def run(args: argparse.Namespace) -> int:
         device = select_device(args.device, key="--device")
         model, info = load_model(args.model, map_location=device)
         summary = evaluate(args.data, args.out, model=model, system=info["ablation"],
-                           split=args.split, workers=args.workers, save_wavs=args.save_wavs)
+                           split=args.split, workers=args.workers, save_wavs=args.save_wavs,
+                           examples=args.example)
     overall = summary["overall"]
     failed = sum(summary["failed"].values())
     where = f" on {summary['device']}" if summary["device"] else ""
+    kept = ", ".join(sorted(p.stem for p in (Path(args.out) / EXAMPLE_DIR).glob("*.wav")))
+    example = "" if args.noisy else f" (example: {kept or 'none kept'})"
     print(f"{summary['system']}: {summary['n']} utterances{where}, "
           f"PESQ {_fmt(overall['pesq_wb'])}, "
           f"STOI {_fmt(overall['stoi'])}, SI-SDR {_fmt(overall['si_sdr'])}"
-          f"{f', {failed} failed metric values' if failed else ''} -> {args.out}")
+          f"{f', {failed} failed metric values' if failed else ''} -> {args.out}{example}")
     return 0
 
 

@@ -122,6 +122,28 @@ def read_split(path: str | Path, split: str) -> pd.DataFrame:
     return rows
 
 
+#: where the report's example utterance is configured
+EXAMPLE_KEY = "report.example_utterance"
+
+
+def example_utterance(frame: pd.DataFrame, wanted: str | None = None, *, split: str = "test",
+                      key: str = EXAMPLE_KEY, where: str = "the manifest") -> str:
+    """The report's example utterance among the ``split`` rows of a manifest frame:
+    ``wanted`` (the config's report.example_utterance) when given, else the first of the split
+    in manifest order. `mbsnet evaluate` keeps this utterance's enhanced WAV and `mbsnet
+    report` shows it, both through this function. DataError naming ``key``, the value and
+    ``where`` when ``wanted`` is not a ``split`` utterance, or when the split is empty."""
+    ids = frame.loc[frame["split"] == split, "utt_id"].astype(str).tolist()
+    if not ids:
+        raise DataError(f"{where} has no {split} utterances")
+    if wanted is None:
+        return ids[0]
+    if wanted not in ids:
+        raise DataError(f"{key} {wanted!r} is not a {split} utterance in {where} "
+                        f"(e.g. {ids[0]!r})")
+    return wanted
+
+
 def format_list(items: Sequence[str], cap: int = 10) -> str:
     """Indented lines, at most ``cap`` of them, then how many more there are."""
     lines = [f"  {item}" for item in items[:cap]]

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .. import stats
-from ..data.manifest import read_manifest
+from ..data.manifest import example_utterance, read_manifest
 from ..errors import DataError
 from ..metrics import METRICS as METRIC_KEYS
 from ..wavio import SAMPLE_RATE, read_audio
@@ -35,7 +35,7 @@ METRIC_COLUMNS = ["utt_id", "system", "snr", "noise", *METRICS, "error"]
 COSTS = {"params": "Params", "claimed_params": "Claimed", "params_ratio": "Measured / claimed",
          "macs_per_second": "MACs / s audio", "peak_train_memory_mb": "Peak train mem (MB)",
          "train_step_seconds": "Train step (s)", "inference_rtf": "RTF",
-         "train_wall_seconds": "Train wall time (s)"}
+         "train_wall_seconds": "Train wall time (min:s)"}
 LOWER_IS_BETTER = ("params", "macs_per_second", "peak_train_memory_mb", "train_step_seconds",
                    "inference_rtf", "train_wall_seconds")
 #: |measured / claimed - 1| above this flags a parameter count mismatch.
@@ -452,34 +452,40 @@ class Example:
 
 
 def example_audio(results: Results) -> Example:
-    """The clean, noisy and enhanced versions of the report's example utterance."""
+    """The clean, noisy and enhanced versions of the report's example utterance
+    (:func:`example_utterance`, the choice `mbsnet evaluate` makes too): each ablation's from
+    the first scored seed with ``eval/example/{utt_id}.wav``, which every evaluation writes,
+    else with ``eval/wavs/{utt_id}.wav`` (evaluation.save_wavs; trees evaluated before
+    eval/example/ existed)."""
     manifest = results.manifest
     if isinstance(manifest, Missing):
         return Example(manifest, {}, SAMPLE_RATE)
-    test = manifest[manifest["split"] == "test"]
     wanted = results.config.get("report", {}).get("example_utterance")
-    if wanted is not None and wanted not in set(test["utt_id"]):
-        return Example(Missing(f"report.example_utterance '{wanted}' is not a test utterance "
-                               f"in data/manifest.tsv"), {}, SAMPLE_RATE)
-    if test.empty:
-        return Example(Missing("data/manifest.tsv has no test utterances"), {}, SAMPLE_RATE)
-    row = test[test["utt_id"] == wanted].iloc[0] if wanted is not None else test.iloc[0]
-    utt = str(row["utt_id"])
+    try:
+        utt = example_utterance(manifest, wanted, where="data/manifest.tsv")
+    except DataError as exc:
+        return Example(Missing(str(exc)), {}, SAMPLE_RATE)
+    row = manifest[manifest["utt_id"] == utt].iloc[0]
     signals = {kind: _read_wav(Path(row[kind]), results.rel(Path(row[kind])), SAMPLE_RATE)
                for kind in ("clean", "noisy")}
-    saving = results.config.get("evaluation", {}).get("save_wavs", False)
     for system in results.ablations:
-        found: np.ndarray | Missing = Missing(
-            f"{system.name} was not scored" if not system.scored_runs else
-            "enhanced audio not saved (evaluation.save_wavs is false)" if not saving else
-            f"no {system.name}/seed*/eval/wavs/{utt}.wav")
-        for run in system.scored_runs:
-            path = run.path / "eval" / "wavs" / f"{utt}.wav"
-            if path.is_file():
-                found = _read_wav(path, results.rel(path), SAMPLE_RATE)
-                break
-        signals[system.name] = found
+        signals[system.name] = _enhanced_example(results, system, utt)
     return Example(utt, signals, SAMPLE_RATE)
+
+
+def _enhanced_example(results: Results, system: System, utt: str) -> np.ndarray | Missing:
+    runs = system.scored_runs
+    if not runs:
+        return Missing(f"{system.name} was not scored")
+    for folder in ("example", "wavs"):
+        for run in runs:
+            path = run.path / "eval" / folder / f"{utt}.wav"
+            if path.is_file():
+                return _read_wav(path, results.rel(path), SAMPLE_RATE)
+    run = runs[0]
+    return _absent(f"no {system.name}/seed{run.seed}/eval/example/{utt}.wav",
+                   f"mbsnet evaluate writes it (--example {utt}); rerun the evaluation",
+                   _log_hint(results.root, f"evaluate/{system.name}_seed{run.seed}.log"))
 
 
 def _read_wav(path: Path, shown: str, rate: int) -> np.ndarray | Missing:
@@ -497,6 +503,10 @@ def _read_wav(path: Path, shown: str, rate: int) -> np.ndarray | Missing:
 # --------------------------------------------------------------------------- devices
 
 
+NOT_RECORDED = "not recorded"
+NO_SCAN = "none (no Mamba block)"
+
+
 @dataclass
 class Placement:
     """Where an ablation's profile and trainings ran and which selective scan they ran
@@ -508,10 +518,8 @@ class Placement:
     train_device: str
     train_scan: str
     notes: list[str]
-
-
-NOT_RECORDED = "not recorded"
-NO_SCAN = "none (no Mamba block)"
+    train_batch: str = NOT_RECORDED
+    train_throughput: str = NOT_RECORDED
 
 
 def _device_and_scan(record: dict) -> tuple[str, str]:
@@ -519,6 +527,24 @@ def _device_and_scan(record: dict) -> tuple[str, str]:
     scan = NOT_RECORDED if "scan" not in record else NO_SCAN if record["scan"] is None \
         else str(record["scan"])
     return device, scan
+
+
+def _training_layout(summary: dict) -> tuple[str, str, str]:
+    """A train_summary's devices (each process's, for several), its batch (global, and how
+    processes and micro-batches divide it) and its throughput in utterances/s."""
+    device, _ = _device_and_scan(summary)
+    processes = summary.get("processes", 1)
+    if processes > 1 and summary.get("process_devices"):
+        device = f"{processes} processes: {', '.join(map(str, summary['process_devices']))}"
+    if "batch_size" not in summary:
+        return device, NOT_RECORDED, NOT_RECORDED
+    batch = str(summary["batch_size"])
+    accumulate = summary.get("accumulate", 1)
+    if processes > 1 or accumulate > 1:
+        batch += (f" = {processes} x {accumulate} x {summary.get('micro_batch')} "
+                  "(processes x micro-batches x items)")
+    rate = summary.get("utterances_per_second")
+    return device, batch, NOT_RECORDED if rate is None else f"{rate:.2f}"
 
 
 def device_kind(device: str) -> str:
@@ -547,11 +573,15 @@ def placements(results: Results) -> list[Placement]:
             if isinstance(profile, dict) else (str(profile), str(profile))
         trained = {run.seed: _device_and_scan(run.train_summary) for run in system.runs
                    if isinstance(run.train_summary, dict)}
+        layouts = {run.seed: _training_layout(run.train_summary) for run in system.runs
+                   if isinstance(run.train_summary, dict)}
         if trained:
-            train_device = _by_seed({s: d for s, (d, _) in trained.items()})
+            train_device = _by_seed({s: d for s, (d, _, _) in layouts.items()})
             train_scan = _by_seed({s: sc for s, (_, sc) in trained.items()})
+            train_batch = _by_seed({s: b for s, (_, b, _) in layouts.items()})
+            throughput = _by_seed({s: r for s, (_, _, r) in layouts.items()})
         else:
-            train_device = train_scan = "not trained"
+            train_device = train_scan = train_batch = throughput = "not trained"
         notes = []
         if isinstance(profile, dict):
             kinds = {device_kind(d) for d, _ in trained.values() if d != NOT_RECORDED}
@@ -566,7 +596,7 @@ def placements(results: Results) -> list[Placement]:
                 notes.append(f"profiled with the {profile_scan} scan but trained with "
                              f"{', '.join(scans)}")
         rows.append(Placement(system.name, profile_device, profile_scan, train_device,
-                              train_scan, notes))
+                              train_scan, notes, train_batch, throughput))
     return rows
 
 

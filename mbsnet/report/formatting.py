@@ -53,11 +53,11 @@ def fmt_count(value: float) -> str:
     return f"{value:.0f}"
 
 
-def fmt_duration(seconds: float) -> str:
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes \
-        else f"{seconds:.1f} s"
+def fmt_min_s(seconds: float) -> str:
+    """Whole seconds as minutes:seconds, as the "(min:s)" headers say: ``6:05``,
+    ``62:05`` for 3725 s, ``0:05``."""
+    minutes, secs = divmod(round(abs(seconds)), 60)
+    return f"{'-' if seconds < 0 and minutes + secs else ''}{minutes}:{secs:02d}"
 
 
 def fmt_cost(col: str, value: float) -> str:
@@ -68,7 +68,7 @@ def fmt_cost(col: str, value: float) -> str:
     if col == "peak_train_memory_mb":
         return f"{value:,.0f}"
     if col == "train_wall_seconds":
-        return fmt_duration(value)
+        return fmt_min_s(value)
     return f"{value:.3g}"
 
 

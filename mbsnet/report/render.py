@@ -130,7 +130,8 @@ def summary_markdown(rows: list[HeadlineRow], table: StepTable | Missing | None 
     lines += ["", "Mean ± 95 % CI over test utterances; with several seeds, the mean over seeds "
               "and (sd) the spread of the seed means. Best per column in bold; ⚠: measured "
               "parameters differ from the claimed count by more than "
-              f"{collect.PARAMS_TOLERANCE:.0%}."]
+              f"{collect.PARAMS_TOLERANCE:.0%}. Train wall time in minutes:seconds, the mean "
+              "over seeds (summary.tsv: train_wall_seconds, in seconds)."]
     if reasons:
         lines.append("")
         lines += [f"[{n}] missing: {why.replace('|', '/')}  " for why, n in reasons.items()]
@@ -146,7 +147,7 @@ def summary_markdown(rows: list[HeadlineRow], table: StepTable | Missing | None 
 def significance_context(results: collect.Results) -> dict[str, Any]:
     rows = collect.significance(results)
     if isinstance(rows, Missing):
-        return {"missing": f"missing: {rows.full}", "rows": [], "small": ""}
+        return {"missing": f"missing: {rows.full}", "rows": [], "small": "", "tests": 0}
     out, small = [], []
     for row in rows:
         entry = {"system": row.system, "metric": METRICS[row.metric]}
@@ -177,7 +178,9 @@ def significance_context(results: collect.Results) -> dict[str, Any]:
     elif small:
         note = (f"{len(small)} comparison(s) have fewer than {stats.MIN_PAIRS} paired utterances "
                 "(too many failed metrics) and were not tested.")
-    return {"missing": "", "rows": out, "small": note}
+    # Holm corrects over the tests made, not over the rows (a missing system is not tested)
+    made = sum(math.isfinite(r.result.p) for r in tested)
+    return {"missing": "", "rows": out, "small": note, "tests": made}
 
 
 def _noise_context(results: collect.Results) -> list[dict[str, Any]]:
@@ -214,14 +217,19 @@ def _example_context(results: collect.Results) -> dict[str, Any]:
     players = [{"label": label,
                 "uri": figures.audio_uri(wave, example.sample_rate)
                 if not isinstance(wave, Missing) else "",
-                "missing": str(wave) if isinstance(wave, Missing) else ""}
+                "missing": str(wave) if isinstance(wave, Missing) else "",
+                "title": wave.full if isinstance(wave, Missing) else ""}
                for label, wave in example.signals.items()]
     longest = max((len(w) for w in present.values()), default=0) / example.sample_rate
     fig = figures.spectrograms(present, example.sample_rate) if present else \
         Missing("no audio of this utterance could be read")
+    caption = ("Log-magnitude spectrograms of the whole utterance, one panel per signal with a "
+               f"player above, on one colour scale ({figures.DYNAMIC_RANGE_DB:.0f} dB below the "
+               "loudest bin).")
     return {"missing": "", "utt_id": example.utt_id, "players": players,
             "clipped": longest > figures.AUDIO_SECONDS, "seconds": figures.AUDIO_SECONDS,
-            "figure": _figure("Spectrograms", "", fig, "png")}
+            "several_seeds": any(len(s.runs) > 1 for s in results.ablations),
+            "figure": _figure("Spectrograms", caption, fig, "png")}
 
 
 # --------------------------------------------------------------------------- entry point

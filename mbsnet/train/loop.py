@@ -40,7 +40,7 @@ from ..audio import stft
 from ..config import ablation_config, config_hash
 from ..data.datasets import EvalDataset, TrainDataset
 from ..device import peak_memory_mb, reset_peak_memory, set_threads
-from ..enhance import enhance_waveform
+from ..enhance import enhance_with_spectrum, pad_hop
 from ..errors import ConfigError, DataError, MbsnetError
 from ..models import count_parameters, save_model
 from ..models.mamba import MambaBlock
@@ -50,7 +50,7 @@ from .checkpoint import RunState, load_checkpoint, save_checkpoint, set_rng_stat
 from .distributed import Layout, Processes, joined, launch_for
 from .losses import reconstruction_loss
 from .numerics import numerics
-from .trainer import Trainer
+from .trainer import Trainer, first_metric_epoch
 
 #: Training keys that do not change the recipe: a checkpoint stays valid across them (the
 #: device, determinism and TF32 change CUDA's rounding only; the batches are the same for
@@ -173,6 +173,9 @@ class _Run:
         self.saved_at: tuple[int, int] | None = None  # (epoch, global step) of last.pt
         self.progress = _Progress(f"{self.name} seed{seed}", self.steps, self.log_every,
                                   quiet=not self.main)
+        # The discriminator only serves the generator's MetricGAN term: with no epoch
+        # using it, it is not trained (the generator's updates are the same either way).
+        self.metric_from = first_metric_epoch(self.settings)
 
     # -- the run ----------------------------------------------------------------------
 
@@ -191,6 +194,10 @@ class _Run:
         self.progress.note(f"training {self.name} seed {self.seed} on {where}"
                            f"{f' ({scan} scan)' if scan else ''}: {self.epochs} epochs x "
                            f"{self.steps} steps, {self.layout.describe()}")
+        if self.metric_from is None:
+            self.progress.note(f"training.metricgan_from {self.settings['metricgan_from']}: "
+                               "no epoch uses the MetricGAN term, so the discriminator is "
+                               "not trained")
         while self.run.epoch < self.epochs:
             self._train_epoch()
         return self._write_outputs()
@@ -229,11 +236,12 @@ class _Run:
             run.start_epoch()
             reset_peak_memory(trainer.device)
         self.epoch_start = time.monotonic()
-        use_metric_loss = run.epoch >= self.settings["metricgan_from"] * self.epochs
+        use_metric_loss = self.metric_from is not None and run.epoch >= self.metric_from
         self.progress.start_epoch(run.epoch, self.epochs, run.step)
         for clean, noisy in self.batches.epoch(run.epoch, start=run.step):
             started = time.monotonic()
-            result = trainer.train_step(clean, noisy, use_metric_loss)
+            result = trainer.train_step(clean, noisy, use_metric_loss,
+                                        train_discriminator=self.metric_from is not None)
             self._record_step(result, time.monotonic() - started)
             stop = self._stop_signal()
             if run.step < self.steps:  # the epoch end checkpoints anyway
@@ -275,7 +283,7 @@ class _Run:
             run.bad_streak = 0
             run.epoch_loss_sum += result["gen_loss"]
             run.epoch_loss_count += 1
-            if result["disc_loss"] is None:
+            if result["disc_loss"] is None and self.metric_from is not None:
                 run.disc_skipped_steps += 1
                 run.epoch_disc_skipped += 1
         line = {"kind": "step", "epoch": run.epoch + 1, "step": run.global_step,
@@ -390,9 +398,11 @@ def validate(trainer: Trainer, dataset: EvalDataset,
              processes: Processes | None = None) -> tuple[float, float]:
     """Mean reconstruction loss and mean wide-band PESQ over whole utterances.
 
-    The loss leaves out the MetricGAN term so that epochs before and after it is switched
-    on compare; PESQ is of the waveform enhanced as the evaluation does it, averaged over
-    the utterances where PESQ succeeds (NaN if it fails for all). Several ``processes``
+    One forward pass per utterance, as the evaluation enhances it (padded by a hop on both
+    sides, float32): PESQ is of its waveform, averaged over the utterances where PESQ
+    succeeds (NaN if it fails for all); the loss is of its spectrum against the padded
+    clean one, without the MetricGAN term so that epochs before and after it is switched
+    on compare. Several ``processes``
     each score every world-th utterance and the figures are gathered in utterance order,
     so the means are those of one process.
     """
@@ -404,11 +414,11 @@ def validate(trainer: Trainer, dataset: EvalDataset,
         item = dataset[index]
         clean = torch.as_tensor(item["clean"], dtype=torch.float32, device=trainer.device)
         noisy = torch.as_tensor(item["noisy"], dtype=torch.float32, device=trainer.device)
-        clean_spec = stft(clean[None])
-        est_spec = trainer.enhance_spec(stft(noisy[None]))
+        wave, est_spec = enhance_with_spectrum(trainer.generator, noisy[None])
+        clean_spec = stft(pad_hop(clean[None]))
         losses.append(reconstruction_loss(est_spec, clean_spec, trainer.loss_cfg).item())
         cleans.append(clean.cpu().numpy())
-        enhanced.append(enhance_waveform(trainer.generator, noisy).cpu().numpy())
+        enhanced.append(wave[0].cpu().numpy())
     pesq = trainer.pesq.scores(cleans, enhanced)
     if processes.distributed:
         scored = sorted(row for rows in processes.gather(list(zip(indices, losses, pesq)))

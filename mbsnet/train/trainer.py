@@ -130,11 +130,12 @@ class Trainer:
             loss = loss + self.loss_cfg["metric_weight"] * metric_generator_loss(score)
         return loss
 
-    def train_step(self, clean: torch.Tensor, noisy: torch.Tensor,
-                   use_metric_loss: bool) -> dict[str, Any]:
+    def train_step(self, clean: torch.Tensor, noisy: torch.Tensor, use_metric_loss: bool,
+                   train_discriminator: bool = True) -> dict[str, Any]:
         """One generator update and one discriminator update on waveforms [B, S]: the
         batch, or with several processes this process's share of it, taken in
-        micro-batches of at most ``micro_batch`` items.
+        micro-batches of at most ``micro_batch`` items. ``train_discriminator`` False: the
+        generator update only (a run whose generator never uses the MetricGAN term).
 
         Returns ``gen_loss`` (float, the batch's mean over every process), ``disc_loss``
         (float, or None when the discriminator step was skipped), ``skipped`` (True:
@@ -166,6 +167,8 @@ class Trainer:
         if reason is not None:
             result.update(skipped=True, reason=f"generator: {reason}",
                           disc_reason="generator step skipped")
+            return result
+        if not train_discriminator:
             return result
 
         disc_loss, disc_reason = self._discriminator_step(parts, est_specs)
@@ -261,7 +264,10 @@ class Trainer:
     def end_epoch(self) -> None:
         """Advance both learning-rate schedules by one epoch."""
         self.gen_scheduler.step()
-        self.disc_scheduler.step()
+        with warnings.catch_warnings():  # a run without the MetricGAN term never steps it
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step",
+                                    UserWarning)
+            self.disc_scheduler.step()
 
     def state_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name).state_dict() for name in _STATEFUL}
@@ -279,6 +285,13 @@ class Trainer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def first_metric_epoch(settings: Mapping[str, Any]) -> int | None:
+    """The first epoch (counted from 0) whose generator loss has the MetricGAN term
+    (``metricgan_from`` x ``epochs`` on); None when no epoch of the run has it."""
+    first = math.ceil(settings["metricgan_from"] * settings["epochs"])
+    return first if first < settings["epochs"] else None
 
 
 _STATEFUL = ("generator", "discriminator", "gen_optimizer", "disc_optimizer",

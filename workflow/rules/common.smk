@@ -190,3 +190,22 @@ def stop_jobs_on_interrupt():
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, forwarding(signal.getsignal(signum)))
+
+
+# --- The end of a run: the report's path and headline table on the terminal -------------
+# (called from onsuccess in the Snakefile; mbsnet.watch.headline formats them)
+import time as _time
+
+# When the Snakefile was read: a summary.md written since then was written by this run.
+_PARSED_AT = _time.time()
+
+
+def print_report_headline():
+    """Print the report's path and the headline table of summary.md to stdout, when this
+    run wrote them (a run of other targets prints nothing). Snakemake logs to stderr, so
+    this also reaches the terminal under `mbsnet watch`."""
+    from mbsnet.watch import headline
+
+    summary = Path(rules.report.output.md)
+    if summary.is_file() and summary.stat().st_mtime >= _PARSED_AT:
+        print(f"\n{headline(rules.report.output.html, summary)}\n", flush=True)

@@ -1,4 +1,11 @@
 # The model runs on its ablation's training.device; scoring the noisy input needs no GPU.
+# Every evaluation keeps the enhanced WAV of the report's example utterance in eval/example/:
+# report.example_utterance, or when null the report's default, the first test utterance
+# (mbsnet evaluate chooses it with the report's function). save_wavs adds the whole test set
+# in eval/wavs/ (undeclared).
+import shlex
+
+
 rule evaluate:
     input:
         model="results/{ablation}/seed{seed}/model.pt",
@@ -11,10 +18,16 @@ rule evaluate:
             labels={"ablation": "{ablation}", "seed": "{seed}", "table": "per-utterance metrics"},
         ),
         summary="results/{ablation}/seed{seed}/eval/summary.json",
+        example=directory("results/{ablation}/seed{seed}/eval/example"),
     params:
         out=subpath(output.metrics, parent=True),
         settings=evaluation_settings,
         wavs="--save-wavs" if config["evaluation"]["save_wavs"] else "",
+        example=(
+            ""
+            if config["report"]["example_utterance"] is None
+            else f"--example {shlex.quote(config['report']['example_utterance'])}"
+        ),
         workers=config["evaluation"]["workers"],
         device=ablation_device,
     log:
@@ -29,7 +42,7 @@ rule evaluate:
     shell:
         "mbsnet evaluate --model {input.model} --data {input.manifest} --out {params.out}"
         " --device {params.device} --workers {params.workers} --threads {threads}"
-        " {params.wavs} > {log} 2>&1"
+        " {params.wavs} {params.example} > {log} 2>&1"
 
 
 rule evaluate_noisy:

@@ -1,6 +1,7 @@
 rule report:
     input:
         evals=all_runs("results/{ablation}/seed{seed}/eval/metrics.tsv"),
+        examples=all_runs("results/{ablation}/seed{seed}/eval/example"),
         train=all_runs("results/{ablation}/seed{seed}/train_summary.json"),
         profiles=expand("results/{ablation}/profile.json", ablation=ABLATIONS),
         noisy="results/noisy/eval/metrics.tsv",
