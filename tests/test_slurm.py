@@ -328,6 +328,7 @@ def test_a_two_process_training_runs_as_one_job_of_two_tasks_and_gpus(tiny_run):
     bsrnn = config["ablations"]["bsrnn"]
     config["ablations"] = {"bsrnn_ddp": {"model": bsrnn["model"],
                                          "training": {"devices": 2, "pesq_workers": 0}}}
+    config.setdefault("report", {})["baseline"] = "bsrnn_ddp"
     config_path = workdir / "ddp.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     run_dir = workdir / "results" / "bsrnn_ddp" / "seed0"
