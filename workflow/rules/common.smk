@@ -7,6 +7,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from mbsnet.config import ablation_config, config_hash, validate_config
+from mbsnet.models.spec import parse_model_config
 from mbsnet.train.distributed import Layout
 
 
@@ -88,6 +89,18 @@ def training_cpus(wildcards):
     resources.threads: the workers share the cores Snakemake hands out."""
     training = ablation_config(config, wildcards.ablation)["training"]
     return THREADS + training["pesq_workers"] + training["data_workers"]
+
+
+# Above every training's priority: all profiles first (they are short).
+PROFILE_PRIORITY = 1000
+
+
+def train_priority(wildcards):
+    """Longer trainings start first: the model's sequential passes (a recurrent layer counts
+    one per direction; MLPs none) stand for its step time, which is not measured yet when
+    Snakemake orders the jobs (default run: bsrnn 15, abl2/abl3/optimized 4, abl1 2)."""
+    spec = parse_model_config(ablation_config(config, wildcards.ablation)["model"])
+    return 1 + sum(2 if b.bidirectional else 1 for b in spec.layers if b.type != "mlp")
 
 
 def train_processes(wildcards):

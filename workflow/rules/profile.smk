@@ -1,7 +1,7 @@
 # The pre-flight profile measures a training step, so it runs with its training's device
 # and resources (`gpu`, CPUs, memory): the memory budget is checked on the device it guards.
-# Profiles run before any training and trainings before evaluations (priority): the
-# trainings are the long jobs, and one started late decides when the run ends.
+# Profiles run before any training, trainings before evaluations, longer trainings first
+# (priority): the trainings are the long jobs, and one started late decides when the run ends.
 rule profile:
     output:
         "results/{ablation}/profile.json",
@@ -13,7 +13,7 @@ rule profile:
     benchmark:
         "results/benchmarks/profile/{ablation}.tsv"
     threads: THREADS
-    priority: 2
+    priority: PROFILE_PRIORITY
     resources:
         gpu=gpu_request,
         cpus_per_task=training_cpus,

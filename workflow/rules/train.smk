@@ -20,7 +20,7 @@ rule train:
     benchmark:
         "results/benchmarks/train/{ablation}_seed{seed}.tsv"
     threads: train_threads
-    priority: 1
+    priority: train_priority
     resources:
         gpu=train_gpus,
         cpus_per_task=training_cpus,
