@@ -40,11 +40,13 @@ report: $(STAMP)
 # ruff first (pyflakes, pycodestyle, import order; config in pyproject.toml): seconds.
 test: $(STAMP)
 	$(BIN)/ruff check
+	$(BIN)/snakefmt --check .
 	bash scripts/install-system-deps.sh
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -ra
 
 lint: $(STAMP)
 	$(BIN)/ruff check
+	$(BIN)/snakefmt --check .
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --lint
 
 bench: $(STAMP)

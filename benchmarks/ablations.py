@@ -8,7 +8,7 @@ Each ablation is profiled in a fresh subprocess (`python -m mbsnet profile ...
 training device at the configured batch size and crop length. Prints a table of
 parameters, MACs per second of audio, peak training-step memory, median training-step
 time and inference real-time factor, beside the original implementations' figures, and
-checks the targets of issue 7:
+checks two targets:
 
 - every Mamba ablation's training step at most 1.5x BSRNN's, measured in the same run;
 - every ablation's peak training memory below the original implementation's figure

@@ -49,7 +49,7 @@ REPEATS = {"mbsnet": (1, 5), "mambapy": (1, 3), "upstream_loop": (0, 2)}
 QUICK_REPEATS = (1, 2)
 
 
-# --- the implementations, all with mbsnet.scan's layout --------------------------------------
+# --- the implementations, all with mbsnet.models.scan's layout -----------------------------
 
 def upstream_loop(x, delta, A, B, C, D, chunk=64):
     """The old algorithm: exp(Δ·A) materialised per 64-step chunk as [batch, chunk, D, N],
@@ -77,7 +77,7 @@ def mambapy_scan(x, delta, A, B, C, D):
 
 
 def mbsnet_scan(x, delta, A, B, C, D):
-    from mbsnet.scan import selective_scan
+    from mbsnet.models.scan import selective_scan
 
     return selective_scan(x, delta, A, B, C, D)
 
@@ -89,7 +89,7 @@ SCAN_PATHS = {"chunked": "CPU default", "parallel": "CUDA default without mamba_
 
 def scan_function(name: str):
     """``chunked:exact``, ``parallel:as_coded``, ...: that scan Function called in that mode."""
-    from mbsnet.scan import FUNCTIONS
+    from mbsnet.models.scan import FUNCTIONS
 
     impl, mode = name.split(":")
     return lambda *inputs: FUNCTIONS[impl].apply(*inputs, mode)

@@ -9,7 +9,7 @@ import pkgutil
 import sys
 
 from . import __version__, commands
-from .errors import MbsnetError
+from .errors import MbsnetError, UsageError
 
 
 def command_names() -> list[str]:
@@ -34,7 +34,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+#: Exit statuses: a runtime error (bad config, data, a failed write) and a usage error (bad
+#: options: argparse's own, or :class:`~mbsnet.errors.UsageError`).
+RUNTIME_ERROR, USAGE_ERROR = 1, 2
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one sub-command; exit status 0, or :data:`RUNTIME_ERROR` / :data:`USAGE_ERROR`
+    with a one-line message on stderr."""
     argv = sys.argv[1:] if argv is None else argv
     only = argv[0] if argv and argv[0] in command_names() else None
     args = build_parser(only).parse_args(argv)
@@ -42,11 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except MbsnetError as exc:
         print(f"mbsnet {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return USAGE_ERROR if isinstance(exc, UsageError) else RUNTIME_ERROR
     except OSError as exc:  # e.g. a write into a folder made read-only mid-run, a full disk
         where = f": {exc.filename}" if exc.filename else ""
         print(f"mbsnet {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
-        return 2
+        return RUNTIME_ERROR
 
 
 if __name__ == "__main__":

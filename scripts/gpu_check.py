@@ -157,7 +157,7 @@ def scan_exactness(device: str) -> list[dict[str, Any]]:
     """Every scan implementation usable here against the reference, on the device."""
     import torch
 
-    from mbsnet import scan
+    from mbsnet.models import scan
 
     generator = torch.Generator().manual_seed(0)
     batch, length, dim, n = 8, 200, 64, 16

@@ -21,12 +21,23 @@ def test_help_lists_every_subcommand(capsys):
         assert name in out
 
 
-def test_user_error_is_one_line_and_exit_code_2(tmp_path, capsys):
+def test_runtime_error_is_one_line_and_exit_status_1(tmp_path, capsys):
     missing = tmp_path / "nope.yaml"
-    assert main(["params", "--config", str(missing)]) == 2
+    assert main(["params", "--config", str(missing)]) == 1
     err = capsys.readouterr().err
     assert "mbsnet params: error:" in err and str(missing) in err
     assert "Traceback" not in err
+    assert main(["score", str(tmp_path / "missing.wav"), str(tmp_path / "other.wav")]) == 1
+
+
+def test_usage_errors_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:       # argparse: an unknown option
+        main(["score", "--no-such-option"])
+    assert exit_info.value.code == 2
+    capsys.readouterr()
+    # a wrong option value found by the command itself (UsageError)
+    assert main(["watch", "--every", "0", "--", "true"]) == 2
+    assert capsys.readouterr().err == "mbsnet watch: error: --every must be positive, got 0.0\n"
 
 
 def test_a_failed_write_is_one_line_naming_the_path(monkeypatch, capsys):
@@ -37,7 +48,7 @@ def test_a_failed_write_is_one_line_naming_the_path(monkeypatch, capsys):
         raise PermissionError(13, "Permission denied", "results/abl1/profile.json")
 
     monkeypatch.setattr(score, "run", fail)
-    assert main(["score", "a.wav", "b.wav"]) == 2
+    assert main(["score", "a.wav", "b.wav"]) == 1
     assert capsys.readouterr().err == (
         "mbsnet score: error: Permission denied: results/abl1/profile.json\n")
 
@@ -60,7 +71,7 @@ def test_unwritable_output_is_one_line_before_any_work(command, tmp_path, capsys
               "RESULTS": str(tmp_path / "results")}
     argv = [values.get(word, word) for word in command]
     argv = [word.replace("OUT", str(blocker / "out")) for word in argv]
-    assert main(argv) == 2
+    assert main(argv) == 1
     err = capsys.readouterr().err
     assert f"cannot write to {blocker / 'out'}: Not a directory" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1

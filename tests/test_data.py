@@ -375,7 +375,7 @@ def test_prepare_command(tmp_path, capsys):
     assert (out / MANIFEST).is_file() and (out / STAMP).is_file()
     (tree.dirs["train"][0] / "p226_001.wav").unlink()
     assert cli_main(["prepare", "--config", str(config), "--out", str(tmp_path / "x"),
-                     "--force"]) == 2
+                     "--force"]) == 1
     assert "noisy files without a clean partner" in capsys.readouterr().err
 
 

@@ -308,4 +308,4 @@ def test_cli_enhance_directory(tmp_path):
     assert sf.info(tmp_path / "out" / "a.wav").frames == 16000
     assert sf.info(tmp_path / "out" / "b.wav").frames == 16000
     assert main(["enhance", str(tmp_path / "missing.wav"), "--model", str(model),
-                 "--out", str(tmp_path / "out2")]) == 2
+                 "--out", str(tmp_path / "out2")]) == 1

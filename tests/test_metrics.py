@@ -184,7 +184,7 @@ def test_cli_score_length_mismatch_and_trim(tmp_path, capsys):
     samples, rate = sf.read(degraded, dtype="float64")
     longer = tmp_path / "longer.wav"
     sf.write(longer, np.r_[samples, np.zeros(100)], rate, subtype="PCM_16")
-    assert main(["score", str(clean), str(longer)]) == 2
+    assert main(["score", str(clean), str(longer)]) == 1
     assert "lengths differ" in capsys.readouterr().err
     assert main(["score", str(clean), str(longer), "--json", "--trim"]) == 0
     values = json.loads(capsys.readouterr().out)
@@ -204,7 +204,7 @@ def test_non_finite_samples_are_an_error_naming_the_sample(tmp_path, capsys):
     assert "sample 500 is nan" in row["error"]
     path = tmp_path / "nan.wav"
     sf.write(path, poisoned, 16000, subtype="FLOAT")
-    assert main(["score", str(pair_paths(NAMES[0])[0]), str(path)]) == 2
+    assert main(["score", str(pair_paths(NAMES[0])[0]), str(path)]) == 1
     assert f"{path}: sample 500 is nan (2 non-finite samples)" in capsys.readouterr().err
 
 
@@ -289,7 +289,7 @@ def test_cli_score_unreadable_file(tmp_path, capsys):
     bad = tmp_path / "bad.wav"
     bad.write_text("not audio")
     clean, _ = pair_paths(NAMES[0])
-    assert main(["score", str(clean), str(bad)]) == 2
+    assert main(["score", str(clean), str(bad)]) == 1
     assert str(bad) in capsys.readouterr().err
 
 

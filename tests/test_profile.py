@@ -16,11 +16,14 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import mbsnet.models.mamba
+import mbsnet.models.spec
 import mbsnet.profiling.profile
 from mbsnet.audio import HOP, SAMPLE_RATE
 from mbsnet.cli import main
 from mbsnet.config import load_config
 from mbsnet.models import N_BANDS, build_model, count_parameters
+from mbsnet.models.scan import scan_implementation
+from mbsnet.models.spec import scan_used
 from mbsnet.profiling import (
     ProfileOptions,
     count_inference_flops,
@@ -31,8 +34,7 @@ from mbsnet.profiling import (
     scan_flops,
 )
 from mbsnet.profiling.memory import tensor_bytes
-from mbsnet.profiling.profile import MemoryBudgetError, check_budget, scan_used
-from mbsnet.scan import scan_implementation
+from mbsnet.profiling.profile import MemoryBudgetError, check_budget
 
 MAMBA_MODEL = {"channels": 4, "decoder": "lightweight", "stages": [{"blocks": [
     {"type": "mamba", "axis": "time", "bidirectional": True, "d_state": 3},
@@ -188,7 +190,7 @@ def test_profile_names_the_scan_of_the_mamba_blocks_on_the_device(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
     assert scan_used(MAMBA_MODEL, cpu) == scan_implementation(cpu, "exact")
     asked = []
-    monkeypatch.setattr(mbsnet.profiling.profile, "scan_implementation",
+    monkeypatch.setattr(mbsnet.models.spec, "scan_implementation",
                         lambda device, mode: asked.append((device, mode)) or f"{mode} scan")
     assert scan_used(LSTM_MODEL, cuda) is None          # no Mamba block: no scan at all
     assert scan_used(MAMBA_MODEL, cuda) == "exact scan"
@@ -198,7 +200,7 @@ def test_profile_names_the_scan_of_the_mamba_blocks_on_the_device(monkeypatch):
 
 def test_tiny_budget_fails_with_a_clear_message_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "profile.json"
-    assert profile_cli(tiny_config(tmp_path, budget_gb=0.001), out, "--warmup-steps", "0") == 2
+    assert profile_cli(tiny_config(tmp_path, budget_gb=0.001), out, "--warmup-steps", "0") == 1
     message = capsys.readouterr().err
     assert "ablation 'mamba'" in message
     assert "resources.gpu_memory_gb allows 0.001 GB" in message
@@ -225,7 +227,7 @@ def test_over_budget_cpu_profile_suggests_the_native_lstm_kernel_only_where_it_h
 def test_unknown_ablation_is_a_config_error(tmp_path, capsys):
     out = tmp_path / "profile.json"
     assert main(["profile", "--config", tiny_config(tmp_path), "--ablation", "nope",
-                 "--out", str(out)]) == 2
+                 "--out", str(out)]) == 1
     assert "unknown ablation 'nope'; configured: lstm, mamba" in capsys.readouterr().err
     assert not out.exists()
 

@@ -620,10 +620,10 @@ def test_noise_table_and_training_curves(tmp_path):
 
 def test_bad_inputs_are_user_errors(tmp_path, capsys):
     config, results = make_results_tree(tmp_path, ablations=("bsrnn",))
-    assert main(["report", "--config", str(config), "--results", str(tmp_path / "nope")]) == 2
+    assert main(["report", "--config", str(config), "--results", str(tmp_path / "nope")]) == 1
     assert "results directory" in capsys.readouterr().err
     assert main(["report", "--config", str(tmp_path / "missing.yaml"),
-                 "--results", str(results)]) == 2
+                 "--results", str(results)]) == 1
 
 
 def test_failure_leaves_previous_report_untouched(tmp_path, monkeypatch):

@@ -16,14 +16,17 @@ import pytest
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from mbsnet import scan, scan_chunked, scan_modes, scan_parallel
-from mbsnet.scan import (
+from mbsnet.models import scan
+from mbsnet.models.scan import (
     ChunkedScan,
     ParallelScan,
     scan_implementation,
     selective_scan,
     selective_scan_reference,
 )
+from mbsnet.models.scan import chunked as scan_chunked
+from mbsnet.models.scan import modes as scan_modes
+from mbsnet.models.scan import parallel as scan_parallel
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ("x", "delta", "A", "B", "C", "D")

@@ -37,6 +37,7 @@ from mbsnet.models import network as network_module
 from mbsnet.models.mamba import MambaBlock
 from mbsnet.train import batches, loop
 from mbsnet.train import checkpoint as ckpt
+from mbsnet.train import tensorboard as tensorboard_module
 from mbsnet.train import trainer as trainer_module
 from mbsnet.train.discriminator_targets import PesqScorer, metric_targets, normalised_pesq
 from mbsnet.train.losses import compressed_magnitude, discriminator_loss, reconstruction_loss
@@ -481,8 +482,9 @@ def reference_run(manifest, tmp_path_factory):
 
 def test_run_writes_the_documented_outputs(reference_run):
     out, summary = reference_run
+    # tensorboard/: training.tensorboard is absent, and the test extra installs tensorboard
     assert {p.name for p in out.iterdir()} == {"model.pt", "train_log.jsonl",
-                                               "train_summary.json", "checkpoint"}
+                                               "train_summary.json", "checkpoint", "tensorboard"}
     assert {p.name for p in (out / "checkpoint").iterdir()} == {"last.pt", "best.pt",
                                                                  "train_log.jsonl"}
     on_disk = json.loads((out / "train_summary.json").read_text())
@@ -737,13 +739,32 @@ def test_cli_trains(manifest, tmp_path, capsys):
     assert "[abl1 seed3] done: 1 steps" in capsys.readouterr().out
 
 
+def test_cli_device_overrides_the_ablations_training_device(manifest, tmp_path, monkeypatch,
+                                                             capsys):
+    """training.device cuda on a machine without CUDA stops; --device cpu trains on the CPU
+    (and --config defaults to config.yaml in the working directory)."""
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(epochs=1, steps_per_epoch=1)
+    config["ablations"]["abl1"]["training"] = {"device": "cuda"}
+    (tmp_path / "config.yaml").write_text(json.dumps(config))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    base = ["train", "--ablation", "abl1", "--seed", "0", "--data", str(manifest),
+            "--threads", "1"]
+    assert cli.main(base + ["--out", "a"]) == 1
+    assert "cuda" in capsys.readouterr().err
+    assert cli.main(base + ["--out", "b", "--device", "cpu"]) == 0
+    assert json.loads((tmp_path / "b" / "train_summary.json").read_text())["device"] == "cpu"
+    assert cli.main(base + ["--out", "c", "--device", "cpu", "--ablation", "nope"]) == 1
+    assert "unknown ablation 'nope'" in capsys.readouterr().err
+
+
 def test_cli_reports_bad_input_without_traceback(manifest, tmp_path, capsys):
     config = tmp_path / "config.yaml"
     config.write_text(json.dumps(tiny_config()))
     base = ["train", "--config", str(config), "--seed", "0", "--out", str(tmp_path / "out")]
-    assert cli.main(base + ["--ablation", "nope", "--data", str(manifest)]) == 2
+    assert cli.main(base + ["--ablation", "nope", "--data", str(manifest)]) == 1
     assert "unknown ablation 'nope'" in capsys.readouterr().err
-    assert cli.main(base + ["--ablation", "bsrnn", "--data", str(tmp_path / "no.tsv")]) == 2
+    assert cli.main(base + ["--ablation", "bsrnn", "--data", str(tmp_path / "no.tsv")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("mbsnet train: error: data manifest") and "Traceback" not in err
 
@@ -841,3 +862,52 @@ def test_validation_scores_the_evaluations_waveform_from_one_forward_pass(manife
     expected = enhance_waveform(trainer.generator, noisy).numpy()
     np.testing.assert_array_equal(scored[0], expected)
     assert val_pesq == 2.0 and math.isfinite(val_loss)
+
+
+# -- TensorBoard -------------------------------------------------------------------------
+
+def scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar series of a run's event files, as TensorBoard reads them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
+            for tag in events.Tags()["scalars"]}
+
+
+def test_tensorboard_shows_the_runs_log_once_after_a_resume(manifest, tmp_path):
+    """Events of steps redone after a resume are dropped: each step once, with the values
+    of train_log.jsonl; epochs at the step that ended them."""
+    config = tiny_config(tensorboard=True)
+    with pytest.raises(Interrupt):   # after step 3; the last checkpoint is epoch 1's (step 2)
+        run_training(config, manifest, tmp_path, on_step=interrupt_at(1, 1))
+    assert [s for s, _ in scalars(tmp_path / "tensorboard")["train/gen_loss"]] == [1, 2, 3]
+    run_training(config, manifest, tmp_path)
+
+    series = scalars(tmp_path / "tensorboard")
+    log = read_log(tmp_path / "train_log.jsonl")
+    steps = [line for line in log if line["kind"] == "step"]
+    epochs = [line for line in log if line["kind"] == "epoch"]
+    assert series["train/gen_loss"] == [(s["step"], pytest.approx(s["gen_loss"], rel=1e-6))
+                                        for s in steps]
+    assert [s for s, _ in series["train/lr"]] == [1, 2, 3, 4]
+    assert series["train/skipped"] == [(step, 0.0) for step in (1, 2, 3, 4)]
+    assert series["epoch/val_pesq"] == [(2 * e["epoch"], pytest.approx(e["val_pesq"], rel=1e-6))
+                                        for e in epochs]
+    assert {"train/disc_loss", "train/step_seconds", "epoch/val_loss", "epoch/train_loss",
+            "epoch/peak_memory_mb", "epoch/seconds", "epoch/skipped_steps"} <= set(series)
+
+
+def test_tensorboard_off_writes_nothing_and_on_without_the_package_stops(manifest, tmp_path,
+                                                                          monkeypatch):
+    run_training(tiny_config(epochs=1, steps_per_epoch=1, tensorboard=False), manifest,
+                 tmp_path / "off")
+    assert not (tmp_path / "off" / "tensorboard").exists()
+    monkeypatch.setattr(tensorboard_module, "available", lambda: False)
+    with pytest.raises(ConfigError, match="training.tensorboard is true but the tensorboard "
+                                          "package is not installed"):
+        run_training(tiny_config(tensorboard=True), manifest, tmp_path / "on")
+    assert not (tmp_path / "on").exists()
+    # absent: on exactly when the package imports
+    assert tensorboard_module.wanted({}) is False

@@ -111,6 +111,44 @@ def test_bad_config_fails_before_any_job(tmp_path, edit, key):
 
 
 @pytest.mark.slow
+def documented_tree() -> str:
+    """The results tree drawn at the top of docs/results.md."""
+    text = (ROOT / "docs" / "results.md").read_text()
+    return text.split("```", 2)[1]
+
+
+def generalised(relative: Path, ablations: set[str]) -> list[str]:
+    """A results file's path with its names as docs/results.md writes them: {ablation},
+    seed{seed}, {split}, {utt_id}.wav; logs/ and benchmarks/ by their folder only."""
+    parts = list(relative.parts)
+    if parts[0] in ("logs", "benchmarks"):
+        return [f"{parts[0]}/"]
+    if parts[0] in ablations:
+        parts[0] = "{ablation}"
+    parts = ["seed{seed}" if re.fullmatch(r"seed\d+", p) else p for p in parts]
+    if parts[0] == "data" and len(parts) > 2:
+        parts[1] = "{split}"
+    if parts[-1].endswith(".wav"):
+        parts[-1] = "{utt_id}.wav"
+    if "tensorboard" in parts:  # TensorBoard names its event files
+        parts = parts[:parts.index("tensorboard") + 1]
+    return parts
+
+
+def assert_documented(results: Path, config: dict) -> None:
+    """Every file a finished run wrote is named in docs/results.md's tree, folder by folder
+    (the tree names each folder and file in its own words, e.g. `{ablation}/`)."""
+    tree = documented_tree()
+    missing = set()
+    for path in results.rglob("*"):
+        # Snakemake's own marker in a directory() output is not the pipeline's file
+        if path.is_file() and path.name != ".snakemake_timestamp":
+            for part in generalised(path.relative_to(results), set(config["ablations"])):
+                if part.rstrip("/") not in tree:
+                    missing.add(f"{path.relative_to(results)} ({part})")
+    assert not missing, f"not in docs/results.md's tree: {sorted(missing)}"
+
+
 def test_tiny_pipeline_end_to_end(tmp_path):
     work = tmp_path / "run"
     work.mkdir()
@@ -125,6 +163,7 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     assert "bsrnn" in summary and "mamba" in summary
     for rule_log in ("prepare_data.log", "report.log"):
         assert (work / "results" / "logs" / rule_log).exists()
+    assert_documented(work / "results", yaml.safe_load(TINY.read_text()))
 
     again = snakemake(work, "--cores", "2", "report", config=config_path)
     assert again.returncode == 0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..atomic import check_writable
 from ..device import DEVICE_CHOICES, select_device, set_threads
-from ..errors import ConfigError
+from ..errors import UsageError
 from ..evaluate import EXAMPLE_DIR, NOISY, evaluate
 
 HELP = "Enhance and score a split of the corpus (or score the noisy input with --noisy)."
@@ -39,14 +39,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
     if args.threads is not None:
         set_threads(args.threads)
     check_writable(args.out)
     if args.noisy:
         if args.save_wavs or args.example:
             option = "--save-wavs" if args.save_wavs else "--example"
-            raise ConfigError(f"{option} needs --model (the noisy input is already on disk)")
+            raise UsageError(f"{option} needs --model (the noisy input is already on disk)")
         summary = evaluate(args.data, args.out, system=NOISY, split=args.split,
                            workers=args.workers)
     else:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..device import DEVICE_CHOICES
+
 HELP = ("Measure one ablation before training (parameters, inference MACs/FLOPs per second, "
         "peak memory and median time of a full training step, inference real-time factor) "
         "on the training device; write OUT (profile.json), or fail without writing it when "
@@ -12,12 +14,13 @@ HELP = ("Measure one ablation before training (parameters, inference MACs/FLOPs 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="config.yaml (or the resolved config)")
+    parser.add_argument("--config", default="config.yaml",
+                        help="config file or the resolved config (default: %(default)s)")
     parser.add_argument("--ablation", required=True, help="an ablation name from the config")
     parser.add_argument("--out", required=True, help="profile.json to write")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads (default: resources.threads of the config)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default=None,
                         help="device to measure on (default: training.device of the ablation)")
     parser.add_argument("--warmup-steps", type=int, default=1,
                         help="training steps on a batch of one before measuring "
@@ -35,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from ..atomic import check_writable, write_json
     from ..config import ablation_config, load_config
     from ..device import select_device, set_threads
-    from ..errors import ConfigError
+    from ..errors import UsageError
     from ..profiling import ProfileOptions, check_budget, profile_ablation
 
     config = load_config(args.config)
@@ -43,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         options = ProfileOptions(args.warmup_steps, args.steps, args.inference_runs)
     except ValueError as exc:
-        raise ConfigError(f"{exc} (--warmup-steps, --steps, --inference-runs)") from exc
+        raise UsageError(f"{exc} (--warmup-steps, --steps, --inference-runs)") from exc
     set_threads(args.threads if args.threads is not None else config["resources"]["threads"])
     check_writable(Path(args.out).parent)
     device = select_device(args.device or training["device"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..device import DEVICE_CHOICES
+
 HELP = ("Train one ablation with one seed; a rerun resumes from OUT/checkpoint/last.pt. "
         "Writes OUT/model.pt, OUT/train_log.jsonl and OUT/train_summary.json. With "
         "training.devices N > 1, run it as N processes: torchrun --standalone "
@@ -11,7 +13,8 @@ HELP = ("Train one ablation with one seed; a rerun resumes from OUT/checkpoint/l
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="config.yaml (or the resolved config)")
+    parser.add_argument("--config", default="config.yaml",
+                        help="config file or the resolved config (default: %(default)s)")
     parser.add_argument("--ablation", required=True, help="an ablation name from the config")
     parser.add_argument("--seed", type=int, required=True, help="random seed")
     parser.add_argument("--out", required=True, help="run directory, e.g. results/NAME/seed0")
@@ -19,12 +22,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="data manifest (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads (default: resources.threads of the config)")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default=None,
+                        help="training device (default: training.device of the ablation); "
+                             "a run may resume on another device")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_config
+    from ..config import ablation_config, load_config
     from ..train.loop import train
 
     config = load_config(args.config)
+    if args.device is not None:
+        ablation_config(config, args.ablation)  # an unknown ablation: the error names it
+        config["ablations"][args.ablation].setdefault("training", {})["device"] = args.device
     train(config, args.ablation, args.seed, args.out, args.data, threads=args.threads)
     return 0

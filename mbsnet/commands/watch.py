@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from .. import watch
-from ..errors import MbsnetError
+from ..errors import UsageError
 
 HELP = ("Run a Snakemake command (after --) showing one live view: jobs done of the total, "
         "each running training's epoch, step and ETA; Snakemake's whole output goes to a log.")
@@ -29,8 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     command = args.to_run[1:] if args.to_run[:1] == ["--"] else args.to_run
     if not command:
-        raise MbsnetError("no command to run: mbsnet watch -- snakemake --cores 4 report")
+        raise UsageError("no command to run: mbsnet watch -- snakemake --cores 4 report")
     if args.every <= 0:
-        raise MbsnetError(f"--every must be positive, got {args.every}")
+        raise UsageError(f"--every must be positive, got {args.every}")
     log = args.log or watch.default_log_path(args.results)
     return watch.run(command, log_path=log, results=args.results, every=args.every)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..scan import SCAN_MODES, selective_scan
+from .scan import SCAN_MODES, selective_scan
 
 DT_MIN, DT_MAX, DT_FLOOR = 1e-3, 1e-1, 1e-4
 CONV_KERNEL = 4

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
-from ..scan import SCAN_MODES
+from .scan import SCAN_MODES, scan_implementation
 
 BLOCK_TYPES = ("lstm", "mamba", "mlp")
 AXES = ("time", "band")
@@ -142,3 +142,10 @@ def parse_model_config(model_cfg: Any, path: str = "model") -> ModelSpec:
                           "layer always gets the original's initialisation) and this model has "
                           "none; remove it")
     return spec
+
+
+def scan_used(model_cfg: Mapping[str, Any], device: Any) -> str | None:
+    """The selective scan the model's Mamba blocks run on ``device`` (a torch.device; None:
+    the model has no Mamba block)."""
+    spec = parse_model_config(model_cfg)
+    return scan_implementation(device, spec.scan) if spec.has_mamba else None

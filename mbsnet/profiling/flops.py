@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..audio import SAMPLE_RATE, stft
 from ..models import MambaBlock
-from ..scan import selective_scan
+from ..models.scan import selective_scan
 
 METHOD = (
     "torch.utils.flop_counter.FlopCounterMode on one generator forward (batch 1, eval, "

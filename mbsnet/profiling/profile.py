@@ -29,8 +29,8 @@ from ..audio import SAMPLE_RATE
 from ..config import ablation_config
 from ..device import describe
 from ..errors import MbsnetError
-from ..models import count_parameters, parse_model_config
-from ..scan import scan_implementation
+from ..models import count_parameters
+from ..models.spec import scan_used
 from ..train.distributed import Layout
 from .flops import METHOD as FLOPS_METHOD
 from .flops import count_inference_flops
@@ -224,12 +224,6 @@ def suggest_accumulate(layout: Layout, peak_mb: float, one_item_mb: float,
             return {"accumulate": share // micro, "micro_batch": micro,
                     "estimated_peak_mb": estimate}
     return None
-
-
-def scan_used(model_cfg: Mapping[str, Any], device: torch.device) -> str | None:
-    """The selective scan the model's Mamba blocks run on ``device`` (None: no Mamba block)."""
-    spec = parse_model_config(model_cfg)
-    return scan_implementation(device, spec.scan) if spec.has_mamba else None
 
 
 def _step_warnings(outcomes: list[dict]) -> list[str]:

@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import random
+import shutil
 import signal
 import sys
 import threading
@@ -43,8 +44,8 @@ from ..device import peak_memory_mb, reset_peak_memory, set_threads
 from ..enhance import enhance_with_spectrum, pad_hop
 from ..errors import ConfigError, DataError, MbsnetError
 from ..models import count_parameters, save_model
-from ..models.mamba import MambaBlock
-from ..scan import scan_implementation
+from ..models.spec import scan_used
+from . import tensorboard
 from .batches import TrainBatches
 from .checkpoint import RunState, load_checkpoint, save_checkpoint, set_rng_state
 from .distributed import Layout, Processes, joined, launch_for
@@ -56,7 +57,8 @@ from .trainer import Trainer, first_metric_epoch
 #: device, determinism and TF32 change CUDA's rounding only; the batches are the same for
 #: any number of data workers; processes and micro-batches divide the same global batch).
 OPERATIONAL_KEYS = ("checkpoint_minutes", "pesq_workers", "max_bad_steps", "device",
-                    "data_workers", "deterministic", "tf32", "devices", "accumulate")
+                    "data_workers", "deterministic", "tf32", "devices", "accumulate",
+                    "tensorboard")
 #: At most about this many step lines per epoch in the log and the plain progress output.
 STEP_LINES_PER_EPOCH = 50
 
@@ -75,6 +77,7 @@ class RunPaths:
         self.model = self.out / "model.pt"
         self.log = self.out / "train_log.jsonl"
         self.summary = self.out / "train_summary.json"
+        self.tensorboard = self.out / "tensorboard"
 
     def remove_stale_temporaries(self) -> list[Path]:
         """Delete half-written files a killed run left (``.NAME.*.tmp`` beside model.pt and
@@ -108,6 +111,7 @@ def train(config: Mapping[str, Any], ablation: str, seed: int, out_dir: str | Pa
     if seed < 0:
         raise ConfigError(f"seed must be an integer >= 0 (as in config.yaml's seeds), got {seed}")
     launch = launch_for(layout, settings["device"])
+    tensorboard.wanted(settings)  # set true without the package: stop before any work
     paths = RunPaths(out_dir)
     check_writable(paths.checkpoint_dir)
     if launch is None or launch.rank == 0:
@@ -176,10 +180,19 @@ class _Run:
         # The discriminator only serves the generator's MetricGAN term: with no epoch
         # using it, it is not trained (the generator's updates are the same either way).
         self.metric_from = first_metric_epoch(self.settings)
+        self.tensorboard_on = self.main and tensorboard.wanted(self.settings)
+        self.tb: tensorboard.TensorboardLog | None = None
 
     # -- the run ----------------------------------------------------------------------
 
     def execute(self) -> dict[str, Any]:
+        try:
+            return self._execute()
+        finally:
+            if self.tb is not None:
+                self.tb.close()
+
+    def _execute(self) -> dict[str, Any]:
         self._resume_or_start()
         self.session_start = time.monotonic()
         self.wall_before = self.run.wall_seconds
@@ -214,6 +227,7 @@ class _Run:
                 self.log = self._open_log(truncate_to=self.run.log_bytes)
                 self.log.write({"kind": "resume", "epoch": self.run.epoch + 1,
                                 "step": self.run.global_step, "from": str(self.paths.last)})
+                self._open_tensorboard(resume_step=self.run.global_step)
                 where = (f"all {self.epochs} epochs done, writing the outputs"
                          if self.run.epoch >= self.epochs else
                          f"epoch {self.run.epoch + 1} of {self.epochs}, step {self.run.step} "
@@ -224,7 +238,14 @@ class _Run:
                                "data; starting from scratch")
         if self.main:
             self.paths.best.unlink(missing_ok=True)
+            shutil.rmtree(self.paths.tensorboard, ignore_errors=True)  # another run's events
         self.log = self._open_log(truncate_to=0)
+        self._open_tensorboard(resume_step=None)
+
+    def _open_tensorboard(self, resume_step: int | None) -> None:
+        """TensorBoard's event files (rank 0, training.tensorboard), from ``resume_step``."""
+        if self.tensorboard_on:
+            self.tb = tensorboard.TensorboardLog(self.paths.tensorboard, resume_step)
 
     def _open_log(self, truncate_to: int) -> _JsonlLog | _NoLog:
         """The live log (rank 0's; the other processes log nothing)."""
@@ -296,6 +317,8 @@ class _Run:
         if result["skipped"] or run.step % self.log_every == 0 or run.step == self.steps:
             self.log.write(line)
         self.progress.step(line)
+        if self.tb is not None:
+            self.tb.step(line)
         if run.bad_streak >= self.settings["max_bad_steps"]:
             raise MbsnetError(self._bad_streak_message(result["reason"]))
 
@@ -324,6 +347,8 @@ class _Run:
                 "skipped_steps": run.epoch_skipped, "disc_skipped": run.epoch_disc_skipped,
                 "metric_loss": use_metric_loss}
         self.log.write(line)
+        if self.tb is not None:
+            self.tb.epoch(line, run.global_step)
         self.progress.epoch_line(line)
         trainer.end_epoch()
         score = val_pesq if self.settings["best_key"] == "val_pesq" else val_loss
@@ -343,6 +368,8 @@ class _Run:
     def _save_last(self) -> None:
         self.run.wall_seconds = self.wall_before + time.monotonic() - self.session_start
         self.run.log_bytes = self.log.size()
+        if self.tb is not None:
+            self.tb.flush()  # the events up to the checkpoint are on disk with it
         if self.main:  # every process holds the same state
             save_checkpoint(self.paths.last, identity=self.identity,
                             trainer_state=self.trainer.state_dict(), run=self.run,
@@ -352,10 +379,7 @@ class _Run:
 
     def _scan(self) -> str | None:
         """The selective scan the Mamba blocks ran (None: the model has none)."""
-        if not any(isinstance(m, MambaBlock) for m in self.trainer.generator.modules()):
-            return None
-        return scan_implementation(self.trainer.device,
-                                   self.ablation_cfg["model"].get("scan", "exact"))
+        return scan_used(self.ablation_cfg["model"], self.trainer.device)
 
     def _save_model(self, path: Path) -> None:
         save_model(path, self.trainer.generator, ablation=self.name,

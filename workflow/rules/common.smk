@@ -10,7 +10,6 @@ from mbsnet.config import ablation_config, config_hash, validate_config
 from mbsnet.models.spec import parse_model_config
 from mbsnet.train.distributed import Layout
 
-
 # The package's check first: same schema, but errors name the key path (data.source) and
 # cross-key checks (report.baseline) are added. Snakemake's own validation then fills defaults.
 validate_config(config, source="config")
@@ -157,8 +156,10 @@ def train_launcher(wildcards):
         return ""
     if workflow.remote_exec and "SLURM_JOB_ID" in os.environ:
         gpus = " --gpus-per-task=1" if gpu_request(wildcards) else ""
-        return (f"srun --ntasks={processes} --cpus-per-task={training_cpus(wildcards)}{gpus}"
-                " --kill-on-bad-exit=1 ")
+        return (
+            f"srun --ntasks={processes} --cpus-per-task={training_cpus(wildcards)}{gpus}"
+            " --kill-on-bad-exit=1 "
+        )
     return f"torchrun --standalone --nproc-per-node {processes} --no-python "
 
 

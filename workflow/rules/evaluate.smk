@@ -19,6 +19,15 @@ rule evaluate:
         ),
         summary="results/{ablation}/seed{seed}/eval/summary.json",
         example=directory("results/{ablation}/seed{seed}/eval/example"),
+    log:
+        "results/logs/evaluate/{ablation}_seed{seed}.log",
+    benchmark:
+        "results/benchmarks/evaluate/{ablation}_seed{seed}.tsv"
+    conda:
+        ENV
+    threads: THREADS
+    resources:
+        gpu=gpu_request,
     params:
         out=subpath(output.metrics, parent=True),
         settings=evaluation_settings,
@@ -30,15 +39,6 @@ rule evaluate:
         ),
         workers=config["evaluation"]["workers"],
         device=ablation_device,
-    log:
-        "results/logs/evaluate/{ablation}_seed{seed}.log",
-    benchmark:
-        "results/benchmarks/evaluate/{ablation}_seed{seed}.tsv"
-    threads: THREADS
-    resources:
-        gpu=gpu_request,
-    conda:
-        ENV
     shell:
         "mbsnet evaluate --model {input.model} --data {input.manifest} --out {params.out}"
         " --device {params.device} --workers {params.workers} --threads {threads}"
@@ -56,16 +56,16 @@ rule evaluate_noisy:
             labels={"ablation": "noisy", "seed": "-", "table": "per-utterance metrics"},
         ),
         summary="results/noisy/eval/summary.json",
-    params:
-        out=subpath(output.metrics, parent=True),
-        workers=config["evaluation"]["workers"],
     log:
         "results/logs/evaluate/noisy.log",
     benchmark:
         "results/benchmarks/evaluate/noisy.tsv"
-    threads: THREADS
     conda:
         ENV
+    threads: THREADS
+    params:
+        out=subpath(output.metrics, parent=True),
+        workers=config["evaluation"]["workers"],
     shell:
         "mbsnet evaluate --noisy --data {input.manifest} --out {params.out}"
         " --workers {params.workers} > {log} 2>&1"

@@ -5,21 +5,21 @@
 rule profile:
     output:
         "results/{ablation}/profile.json",
-    params:
-        config=RESOLVED_CONFIG,
-        settings=ablation_settings,
     log:
         "results/logs/profile/{ablation}.log",
     benchmark:
         "results/benchmarks/profile/{ablation}.tsv"
-    threads: THREADS
     priority: PROFILE_PRIORITY
+    conda:
+        ENV
+    threads: THREADS
     resources:
         gpu=gpu_request,
         cpus_per_task=training_cpus,
         mem_mb=config["resources"]["train_mem_mb"],
-    conda:
-        ENV
+    params:
+        config=RESOLVED_CONFIG,
+        settings=ablation_settings,
     shell:
         "mbsnet profile --config {params.config} --ablation {wildcards.ablation}"
         " --threads {threads} --out {output} > {log} 2>&1"

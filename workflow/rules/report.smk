@@ -19,14 +19,14 @@ rule report:
             labels={"file": "summary table"},
         ),
         md="results/summary.md",
-    params:
-        config=RESOLVED_CONFIG,
-        settings=report_settings,
     log:
         "results/logs/report.log",
     benchmark:
         "results/benchmarks/report.tsv"
     conda:
         ENV
+    params:
+        config=RESOLVED_CONFIG,
+        settings=report_settings,
     shell:
         "mbsnet report --config {params.config} --results results --out {output.html} > {log} 2>&1"

@@ -11,16 +11,14 @@ rule train:
         model="results/{ablation}/seed{seed}/model.pt",
         log_jsonl="results/{ablation}/seed{seed}/train_log.jsonl",
         summary="results/{ablation}/seed{seed}/train_summary.json",
-    params:
-        config=RESOLVED_CONFIG,
-        out=run_dir,
-        settings=ablation_settings,
     log:
         "results/logs/train/{ablation}_seed{seed}.log",
     benchmark:
         "results/benchmarks/train/{ablation}_seed{seed}.tsv"
-    threads: train_threads
     priority: train_priority
+    conda:
+        ENV
+    threads: train_threads
     resources:
         gpu=train_gpus,
         cpus_per_task=training_cpus,
@@ -31,8 +29,10 @@ rule train:
         process_threads=process_threads,
         runtime=config["resources"]["train_runtime_min"],
         mem_mb=train_mem_mb,
-    conda:
-        ENV
+    params:
+        config=RESOLVED_CONFIG,
+        out=run_dir,
+        settings=ablation_settings,
     shell:
         "{resources.launcher}mbsnet train --config {params.config}"
         " --ablation {wildcards.ablation} --seed {wildcards.seed} --data {input.manifest}"

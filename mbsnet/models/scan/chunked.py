@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from . import scan_modes as sm
+from . import modes as sm
 
 CHUNK = 16
 """Time steps per chunk: backward keeps one hidden state per chunk and recomputes inside it."""
@@ -231,7 +231,7 @@ def chunked_backward(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: t
                      clamps: sm.Clamps) -> tuple[torch.Tensor, ...]:
     """Gradients (x, Δ, A, B, C) of the output before its skip term's D, recomputing one
     chunk of states at a time (boundary, clamped: from :func:`chunked_forward`; ``keep``:
-    see :func:`~mbsnet.scan_modes.finish_`)."""
+    see :func:`~mbsnet.models.scan.modes.finish_`)."""
     xt, dt, Bt, Ct, gt = (t.transpose(0, 1) for t in (x, delta, B, C, gy))
     keep_t = None if keep is None else keep.transpose(0, 1)
     grads = [torch.empty_like(t) for t in (x, delta, B, C)]
@@ -275,7 +275,7 @@ class ChunkedScan(torch.autograd.Function):
     state at chunk boundaries and, as coded, where the output clamp held.
 
     apply(x, delta, A, B, C, D, mode); all tensors of one floating dtype, in the layout of
-    :func:`mbsnet.scan.selective_scan`.
+    :func:`mbsnet.models.scan.selective_scan`.
     """
 
     @staticmethod

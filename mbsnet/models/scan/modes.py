@@ -1,5 +1,5 @@
 """The arithmetic of one step of the selective scan in each mode, forward and backward, shared
-by the implementations of :mod:`mbsnet.scan`.
+by the implementations of :mod:`mbsnet.models.scan`.
 
 ``exact`` is Mamba-1's S6:
 

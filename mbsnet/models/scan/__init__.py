@@ -5,7 +5,7 @@
 
 That is ``mode="exact"``. ``mode="as_coded"`` is the arithmetic of the original research
 code: six clamps (on delta*A, exp(delta*A), delta, delta*B, h after every step, y) and the
-skip gain ``dim`` in place of the learned D; :mod:`mbsnet.scan_modes` states both.
+skip gain ``dim`` in place of the learned D; :mod:`mbsnet.models.scan.modes` states both.
 
 Layout (channels last, as the Linear layers produce it):
     x, delta: [batch, length, dim]   (delta already positive, i.e. after softplus)
@@ -18,9 +18,9 @@ Layout (channels last, as the Linear layers produce it):
 implementation it runs:
 - ``mamba_ssm``: the fused CUDA kernel of the ``mamba_ssm`` package, on CUDA in exact mode,
   when its compiled extension ``selective_scan_cuda`` imports (:func:`mamba_ssm_probe`);
-- ``parallel`` (:mod:`mbsnet.scan_parallel`): a parallel prefix scan over time in a few
+- ``parallel`` (:mod:`mbsnet.models.scan.parallel`): a parallel prefix scan over time in a few
   large operations per call, CUDA's fallback (and as_coded's scan on CUDA);
-- ``chunked`` (:mod:`mbsnet.scan_chunked`): the step-by-step scan in cache-sized chunks
+- ``chunked`` (:mod:`mbsnet.models.scan.chunked`): the step-by-step scan in cache-sized chunks
   and sub-batches, on the CPU.
 The PyTorch ones compute exact gradients and save no [batch, length, dim, d_state] tensor:
 backward recomputes the states. The environment variable ``MBSNET_SCAN`` = ``auto`` (the
@@ -36,10 +36,10 @@ from collections.abc import Callable
 
 import torch
 
-from .device import autocast_off
-from .scan_chunked import ChunkedScan
-from .scan_modes import AS_CODED, EXACT, SCAN_MODES, check_mode
-from .scan_parallel import ParallelScan
+from ...device import autocast_off
+from .chunked import ChunkedScan
+from .modes import AS_CODED, EXACT, SCAN_MODES, check_mode
+from .parallel import ParallelScan
 
 __all__ = ["SCAN_MODES", "ChunkedScan", "ParallelScan", "mamba_ssm_probe", "scan_implementation",
            "selective_scan", "selective_scan_reference"]

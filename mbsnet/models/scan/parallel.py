@@ -10,15 +10,15 @@ every work tensor within WORKSET elements.
 
 As coded, the state clamp (±100 after every step) is not associative, but where no state of
 the unclamped scan leaves [-100, 100] the clamped recurrence equals it exactly (by induction
-over the steps); otherwise that call runs the sequential :mod:`mbsnet.scan_chunked` scan.
+over the steps); otherwise that call runs the sequential :mod:`mbsnet.models.scan.chunked` scan.
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import scan_modes as sm
-from .scan_chunked import scan_backward, scan_forward
+from . import modes as sm
+from .chunked import scan_backward, scan_forward
 
 WORKSET = 1 << 26
 """Most elements of one [part, length, dim, d_state] work tensor (256 MiB in float32);
@@ -87,7 +87,7 @@ def parallel_backward(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: 
                       keep: torch.Tensor | None, mode: str,
                       clamps: sm.Clamps) -> tuple[torch.Tensor, ...]:
     """Gradients (x, Δ, A, B, C) of the output before its skip term's D (``keep``: see
-    :func:`~mbsnet.scan_modes.finish_`); as coded only where no state clamp held."""
+    :func:`~mbsnet.models.scan.modes.finish_`); as coded only where no state clamp held."""
     grads = [torch.empty_like(t) for t in (x, delta, B, C)]
     gx, gdelta, gB, gC = grads
     gA = torch.zeros_like(A)
@@ -127,7 +127,7 @@ class ParallelScan(torch.autograd.Function):
     when the call fell back to the sequential scan).
 
     apply(x, delta, A, B, C, D, mode); all tensors of one floating dtype, in the layout of
-    :func:`mbsnet.scan.selective_scan`.
+    :func:`mbsnet.models.scan.selective_scan`.
     """
 
     @staticmethod
