@@ -35,6 +35,8 @@ from typing import Any, TextIO
 
 import yaml
 
+from .train.paths import RunPaths, steps_per_epoch
+
 #: Step lines used for the step time before the first epoch ends (the first step is slow).
 RECENT_STEPS = 20
 #: Lines of a failed job's log shown under its error.
@@ -57,14 +59,8 @@ def clock_text(seconds: float) -> str:
 
 
 def live_log_path(run_dir: str | Path) -> Path:
-    """A training's live log (``mbsnet.train.loop.RunPaths.live_log``, without importing
-    torch)."""
-    return Path(run_dir) / "checkpoint" / "train_log.jsonl"
-
-
-def steps_per_epoch(settings: Mapping[str, Any], n_items: int) -> int:
-    """``mbsnet.train.loop.steps_per_epoch`` (same rule, without importing torch)."""
-    return settings["steps_per_epoch"] or max(1, n_items // settings["batch_size"])
+    """A training's live log."""
+    return RunPaths(run_dir).live_log
 
 
 def training_totals(config_path: Path, manifest: Path, ablation: str) -> tuple[int, int] | None:

@@ -51,6 +51,7 @@ from .checkpoint import RunState, load_checkpoint, save_checkpoint, set_rng_stat
 from .distributed import Layout, Processes, joined, launch_for
 from .losses import reconstruction_loss
 from .numerics import numerics
+from .paths import RunPaths, steps_per_epoch
 from .trainer import Trainer, first_metric_epoch
 
 #: Training keys that do not change the recipe: a checkpoint stays valid across them (the
@@ -63,30 +64,6 @@ OPERATIONAL_KEYS = ("checkpoint_minutes", "pesq_workers", "max_bad_steps", "devi
 STEP_LINES_PER_EPOCH = 50
 
 StepCallback = Callable[[RunState], None]
-
-
-class RunPaths:
-    """The files of one run directory."""
-
-    def __init__(self, out_dir: str | Path) -> None:
-        self.out = Path(out_dir)
-        self.checkpoint_dir = self.out / "checkpoint"
-        self.last = self.checkpoint_dir / "last.pt"
-        self.best = self.checkpoint_dir / "best.pt"
-        self.live_log = self.checkpoint_dir / "train_log.jsonl"
-        self.model = self.out / "model.pt"
-        self.log = self.out / "train_log.jsonl"
-        self.summary = self.out / "train_summary.json"
-        self.tensorboard = self.out / "tensorboard"
-
-    def remove_stale_temporaries(self) -> list[Path]:
-        """Delete half-written files a killed run left (``.NAME.*.tmp`` beside model.pt and
-        the checkpoints); one run writes this folder at a time, so none is in use."""
-        stale = [p for folder in (self.out, self.checkpoint_dir) if folder.is_dir()
-                 for p in folder.glob(".*.tmp")]
-        for path in stale:
-            path.unlink(missing_ok=True)
-        return stale
 
 
 def train(config: Mapping[str, Any], ablation: str, seed: int, out_dir: str | Path,
@@ -147,11 +124,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
-
-
-def steps_per_epoch(settings: Mapping[str, Any], n_items: int) -> int:
-    """``training.steps_per_epoch``, or one pass over the training set when it is null."""
-    return settings["steps_per_epoch"] or max(1, n_items // settings["batch_size"])
 
 
 class _Run:
