@@ -30,7 +30,8 @@ claim = claim_device(poll_seconds=0.05, log=lambda line: print(line, flush=True)
 print(f"device {claim.index} {claim.physical}", flush=True)
 if sys.argv[1:] == ["fork"]:
     child = os.fork()
-    if child == 0:
+    if child == 0:  # after the fork handlers ran (the device's lock closed here)
+        print("child started", flush=True)
         time.sleep(600)
         os._exit(0)
     print(f"child {child}", flush=True)
@@ -130,7 +131,10 @@ def test_concurrent_jobs_get_distinct_devices_and_a_killed_jobs_device_is_freed(
 def test_a_forked_child_does_not_keep_the_device(lock_dir, claimers):
     parent = claimers(1, "fork")
     assert parent.claimed() == (0, "0")
-    child = int(parent.next_line().split()[1])
+    # both lines, in either order: the child may run before or after its parent goes on
+    lines = sorted(parent.next_line() for _ in range(2))
+    assert lines[1] == "child started", lines
+    child = int(lines[0].split()[1])
     try:
         assert not is_free(lock_dir / "gpu-0.lock")
         parent.kill()
