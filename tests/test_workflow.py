@@ -213,14 +213,31 @@ def test_gpu_and_cpu_requests_follow_each_ablations_training_device(tmp_path):
     for ablation, gpu, cpus, device in (("bsrnn", "1", "6", "auto"), ("mamba", "0", "5", "cpu")):
         for rule in ("profile", "train", "evaluate"):
             assert jobs[rule, ablation]["resources"]["gpu"] == gpu, (rule, ablation)
-            assert jobs[rule, ablation]["threads"] == 2
+        # Locally a training and its profile hold one core for their worker processes
+        # besides their torch threads (resources.threads).
+        assert jobs["evaluate", ablation]["threads"] == 2
         for rule in ("profile", "train"):
+            assert jobs[rule, ablation]["threads"] == 3, (rule, ablation)
+            assert " --threads 2 " in jobs[rule, ablation]["shell"], (rule, ablation)
             assert jobs[rule, ablation]["resources"]["cpus_per_task"] == cpus
             assert jobs[rule, ablation]["resources"]["mem_mb"] == "2000"   # train_mem_mb
         assert f" --device {device} " in jobs["evaluate", ablation]["shell"]
         assert "cpus_per_task" not in jobs["evaluate", ablation]["resources"]
     for rule in ("prepare_data", "evaluate_noisy", "report"):
         assert "gpu" not in jobs[rule, None]["resources"], rule
+
+
+def test_a_training_without_worker_processes_holds_only_its_threads(tmp_path):
+    config = yaml.safe_load(TINY.read_text())
+    config["training"].update(pesq_workers=0, data_workers=0)
+    path = write_config(tmp_path / "no_workers.yaml", config)
+    result = snakemake(tmp_path, "-n", "-p", "--cores", "4", config=path)
+    assert result.returncode == 0, result.stderr
+    jobs = [job for job in planned_rules(result.stdout) if job["rule"] in ("profile", "train")]
+    assert jobs
+    for job in jobs:
+        assert job["threads"] == config["resources"]["threads"], job
+        assert f" --threads {config['resources']['threads']} " in job["shell"], job
 
 
 def test_make_report_passes_gpus_after_the_target():

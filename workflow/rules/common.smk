@@ -112,15 +112,37 @@ def train_gpus(wildcards):
     return gpu_request(wildcards) * train_processes(wildcards)
 
 
+def worker_cores(wildcards):
+    """Cores a training process holds locally besides its torch threads: one when it has
+    worker processes (data loading, PESQ scoring), which need the CPU too. On the default
+    run (2 cores, `--cores 4`) two trainings then run at a time, not four, each at about
+    the speed it has alone (benchmarks/README.md, "The default run")."""
+    training = ablation_config(config, wildcards.ablation)["training"]
+    return 1 if training["pesq_workers"] + training["data_workers"] > 0 else 0
+
+
 def train_threads(wildcards):
-    """Cores a training takes locally: resources.threads for each of its processes."""
-    return THREADS * train_processes(wildcards)
+    """Cores a training holds locally: resources.threads, plus worker_cores, for each of
+    its processes."""
+    return (THREADS + worker_cores(wildcards)) * train_processes(wildcards)
 
 
 def process_threads(wildcards, threads):
-    """Each process's share of the cores Snakemake gave the training (`--cores` may have
-    capped them)."""
-    return max(1, threads // train_processes(wildcards))
+    """Torch threads of each of the training's processes: resources.threads, or fewer when
+    `--cores` capped the cores Snakemake gave the job."""
+    processes = train_processes(wildcards)
+    return max(1, min(THREADS, threads // processes - worker_cores(wildcards)))
+
+
+def profile_threads(wildcards):
+    """Cores a profile holds locally: those of one training process, which it measures (so
+    its step time is measured at the share of the CPU a training step gets)."""
+    return THREADS + worker_cores(wildcards)
+
+
+def profile_process_threads(wildcards, threads):
+    """Torch threads of the profile: resources.threads, or fewer under a smaller `--cores`."""
+    return max(1, min(THREADS, threads - worker_cores(wildcards)))
 
 
 def train_mem_mb(wildcards):

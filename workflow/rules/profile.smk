@@ -12,9 +12,10 @@ rule profile:
     priority: PROFILE_PRIORITY
     conda:
         ENV
-    threads: THREADS
+    threads: profile_threads
     resources:
         gpu=gpu_request,
+        process_threads=profile_process_threads,
         cpus_per_task=training_cpus,
         mem_mb=config["resources"]["train_mem_mb"],
     params:
@@ -22,4 +23,4 @@ rule profile:
         settings=ablation_settings,
     shell:
         "mbsnet profile --config {params.config} --ablation {wildcards.ablation}"
-        " --threads {threads} --out {output} > {log} 2>&1"
+        " --threads {resources.process_threads} --out {output} > {log} 2>&1"
