@@ -37,16 +37,20 @@ report: $(STAMP)
 
 # As root on Debian, also installs the system packages some tests need (a local SLURM
 # cluster, Chromium for the report); elsewhere those tests skip with a reason.
-# ruff first (pyflakes, pycodestyle, import order; config in pyproject.toml): seconds.
+# The static checks first (ruff, snakefmt, mypy; config in pyproject.toml): seconds, mypy
+# half a minute the first time, before its cache in .mypy_cache.
 test: $(STAMP)
 	$(BIN)/ruff check
 	$(BIN)/snakefmt --check .
+	$(BIN)/mypy mbsnet
 	bash scripts/install-system-deps.sh
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -ra
 
+# The same checks as .pre-commit-config.yaml, and snakemake's own linter.
 lint: $(STAMP)
 	$(BIN)/ruff check
 	$(BIN)/snakefmt --check .
+	$(BIN)/mypy mbsnet
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --lint
 
 bench: $(STAMP)

@@ -33,7 +33,7 @@ onsuccess:
 rule all:
     default_target: True
     input:
-        "results/report.html",
+        results(layout.REPORT_HTML),
 
 
 include: "workflow/rules/data.smk"

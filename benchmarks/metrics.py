@@ -10,6 +10,7 @@ Inputs are the fixture pairs in tests/data/metrics (16 kHz, 4-5.5 s each).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -123,7 +124,7 @@ def load_pairs() -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def per_utterance(fn, pairs, repeats: int) -> float:
-    return sum(best_of(lambda: fn(c, d), repeats) for c, d in pairs) / len(pairs)
+    return sum(best_of(functools.partial(fn, c, d), repeats) for c, d in pairs) / len(pairs)
 
 
 def run(quick: bool) -> dict:
@@ -145,7 +146,7 @@ def run(quick: bool) -> dict:
                              ("wss", vec.wss_frames, loop_wss),
                              ("segsnr", vec.segsnr_frames, loop_segsnr)):
         diff = max(float(np.max(np.abs(fast(c, d, SR) - slow(c, d)))) for c, d in pairs)
-        t_fast = per_utterance(lambda c, d: fast(c, d, SR), pairs, repeats)
+        t_fast = per_utterance(lambda c, d, fast=fast: fast(c, d, SR), pairs, repeats)
         t_slow = per_utterance(slow, pairs, 1)
         components[name] = {"vectorised_s": t_fast, "loop_s": t_slow,
                             "speedup": t_slow / t_fast, "max_abs_diff": diff}
@@ -163,8 +164,8 @@ def run(quick: bool) -> dict:
     start = time.perf_counter()
     parallel = score_many(batch, workers=workers, progress=False)
     t_parallel = time.perf_counter() - start
-    same = all(math.isclose(a[m], b[m], rel_tol=1e-12) for a, b in zip(serial, parallel)
-               for m in a if m != "error")
+    same = all(math.isclose(a[m], b[m], rel_tol=1e-12)
+               for a, b in zip(serial, parallel, strict=True) for m in a if m != "error")
     return {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "numpy": np.__version__},

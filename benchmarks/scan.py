@@ -231,6 +231,59 @@ def ops_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def run_worker(impl: str, shape: str, threads: int, repeats: tuple[int, int], mode: str,
+               env: dict[str, str]) -> list[dict]:
+    """The rows of one measurement, made by this script in a fresh subprocess."""
+    cmd = [sys.executable, __file__, "--worker", impl, shape, str(threads),
+           "{},{}".format(*repeats), mode]
+    print(f"{impl} {shape} threads={threads} {mode} ...", flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr)
+        raise SystemExit(proc.returncode)
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def ops_rows(shapes: list[str], cpu_shape: str | None, quick: bool,
+             env: dict[str, str]) -> list[dict]:
+    """--count-ops: the operations of each PyTorch scan path, with its CPU time and memory."""
+    rows = []
+    for shape in shapes:
+        timed_shape = cpu_shape or shape
+        for impl in SCAN_PATHS:
+            for scan_mode in ("exact", "as_coded"):
+                name = f"{impl}:{scan_mode}"
+                ops_fwd, ops_bwd = count_ops(scan_function(name),
+                                             tuple(map(int, shape.split("x"))))
+                if quick:  # in this process: a smoke test, not a memory measurement
+                    timed = measure(name, tuple(map(int, timed_shape.split("x"))), 1,
+                                    *QUICK_REPEATS, ["fwd_bwd"])[0]
+                else:
+                    timed = run_worker(name, timed_shape, 1, (1, 3), "fwd_bwd", env)[0]
+                rows.append({"implementation": impl, "path": SCAN_PATHS[impl],
+                             "scan_mode": scan_mode, "shape": shape, "ops_fwd": ops_fwd,
+                             "ops_bwd": ops_bwd, "cpu_shape": timed_shape,
+                             "cpu_fwd_bwd_ms": timed["median_ms"],
+                             "cpu_peak_mb": timed["peak_mb"]})
+    return rows
+
+
+def timing_rows(shapes: list[str], impls: list[str], quick: bool,
+                env: dict[str, str]) -> list[dict]:
+    """Time and memory of each implementation, shape, thread count and mode."""
+    if "mambapy" in impls and importlib.util.find_spec("mambapy") is None:
+        print("mambapy not installed (pip install mbsnet[bench]): skipping it",
+              file=sys.stderr)
+        impls.remove("mambapy")
+    modes = list(MODES)
+    if quick:  # one process for all tiny cases: a smoke test, not a memory measurement
+        shapes, modes = [",".join(shapes)], [",".join(modes)]
+    return [row for shape in shapes for threads in THREADS for impl in impls
+            for mode in modes
+            for row in run_worker(impl, shape, threads,
+                                  QUICK_REPEATS if quick else REPEATS[impl], mode, env)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="write the rows to this JSON file")
@@ -258,52 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     root = str(Path(__file__).resolve().parents[1])
     sys.path.insert(0, root)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-
-    def worker(impl: str, shape: str, threads: int, repeats: tuple[int, int],
-               mode: str) -> list[dict]:
-        cmd = [sys.executable, __file__, "--worker", impl, shape, str(threads),
-               "{},{}".format(*repeats), mode]
-        print(f"{impl} {shape} threads={threads} {mode} ...", flush=True)
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
-            sys.stderr.write(proc.stderr)
-            raise SystemExit(proc.returncode)
-        return json.loads(proc.stdout.splitlines()[-1])
-
     shapes = ["x".join(map(str, s)) for s in (QUICK_SHAPES if args.quick else SHAPES).values()]
     if args.count_ops:
-        rows = []
-        for shape in shapes:
-            cpu_shape = args.cpu_shape or shape
-            for impl in SCAN_PATHS:
-                for scan_mode in ("exact", "as_coded"):
-                    name = f"{impl}:{scan_mode}"
-                    ops_fwd, ops_bwd = count_ops(scan_function(name),
-                                                 tuple(map(int, shape.split("x"))))
-                    if args.quick:  # in this process: a smoke test, not a memory measurement
-                        timed = measure(name, tuple(map(int, cpu_shape.split("x"))), 1,
-                                        *QUICK_REPEATS, ["fwd_bwd"])[0]
-                    else:
-                        timed = worker(name, cpu_shape, 1, (1, 3), "fwd_bwd")[0]
-                    rows.append({"implementation": impl, "path": SCAN_PATHS[impl],
-                                 "scan_mode": scan_mode, "shape": shape, "ops_fwd": ops_fwd,
-                                 "ops_bwd": ops_bwd, "cpu_shape": cpu_shape,
-                                 "cpu_fwd_bwd_ms": timed["median_ms"],
-                                 "cpu_peak_mb": timed["peak_mb"]})
+        rows = ops_rows(shapes, args.cpu_shape, args.quick, env)
         print(ops_table(rows))
     else:
-        impls = args.only or list(IMPLEMENTATIONS)
-        if "mambapy" in impls and importlib.util.find_spec("mambapy") is None:
-            print("mambapy not installed (pip install mbsnet[bench]): skipping it",
-                  file=sys.stderr)
-            impls.remove("mambapy")
-        modes = list(MODES)
-        if args.quick:  # one process for all tiny cases: a smoke test, not a memory measurement
-            shapes, modes = [",".join(shapes)], [",".join(modes)]
-        rows = [row for shape in shapes for threads in THREADS for impl in impls
-                for mode in modes
-                for row in worker(impl, shape, threads,
-                                  QUICK_REPEATS if args.quick else REPEATS[impl], mode)]
+        rows = timing_rows(shapes, args.only or list(IMPLEMENTATIONS), args.quick, env)
         print(table(rows))
     if args.json:
         from mbsnet.atomic import write_json

@@ -13,7 +13,8 @@ import torch
 def text_table(lines: Sequence[Sequence[object]]) -> str:
     """``lines`` (the header first) as left-aligned columns, a rule under the header."""
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(lines[0]))]
-    out = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
+    out = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+           for line in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(out)
 

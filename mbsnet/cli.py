@@ -1,15 +1,21 @@
 """The `mbsnet` command line. Each sub-command lives in mbsnet/commands/<name>.py and
-defines ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``."""
+defines ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``; what a command
+says goes through :mod:`logging`, shown by :mod:`mbsnet.console` at the level of
+``-q``/``-v``."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import pkgutil
 import sys
 
 from . import __version__, commands
+from .console import console, level_for
 from .errors import MbsnetError, UsageError
+
+logger = logging.getLogger(__name__)
 
 
 def command_names() -> list[str]:
@@ -22,6 +28,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         prog="mbsnet", description="Band-split speech enhancement ablations: models, data, "
         "training, evaluation, profiling and the comparison report.")
     parser.add_argument("--version", action="version", version=f"mbsnet {__version__}")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-q", "--quiet", action="store_true",
+                           help="show warnings and errors only")
+    verbosity.add_argument("-v", "--verbose", action="store_true",
+                           help="also show debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in command_names():
         if only is not None and name != only:
@@ -39,21 +50,29 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 RUNTIME_ERROR, USAGE_ERROR = 1, 2
 
 
+def _command_in(argv: list[str]) -> str | None:
+    """The sub-command named in ``argv``: its first word that is not an option (the main
+    parser's options take no value)."""
+    first = next((word for word in argv if not word.startswith("-")), None)
+    return first if first in command_names() else None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one sub-command; exit status 0, or :data:`RUNTIME_ERROR` / :data:`USAGE_ERROR`
     with a one-line message on stderr."""
     argv = sys.argv[1:] if argv is None else argv
-    only = argv[0] if argv and argv[0] in command_names() else None
-    args = build_parser(only).parse_args(argv)
-    try:
-        return int(args.handler(args) or 0)
-    except MbsnetError as exc:
-        print(f"mbsnet {args.command}: error: {exc}", file=sys.stderr)
-        return USAGE_ERROR if isinstance(exc, UsageError) else RUNTIME_ERROR
-    except OSError as exc:  # e.g. a write into a folder made read-only mid-run, a full disk
-        where = f": {exc.filename}" if exc.filename else ""
-        print(f"mbsnet {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
-        return RUNTIME_ERROR
+    args = build_parser(_command_in(argv)).parse_args(argv)
+    with console(level_for(args.quiet, args.verbose)):
+        logger.debug(f"mbsnet {__version__}, Python {sys.version.split()[0]}: {args.command}")
+        try:
+            return int(args.handler(args) or 0)
+        except MbsnetError as exc:
+            logger.error(f"mbsnet {args.command}: error: {exc}")
+            return USAGE_ERROR if isinstance(exc, UsageError) else RUNTIME_ERROR
+        except OSError as exc:  # e.g. a write into a folder made read-only mid-run, a full disk
+            where = f": {exc.filename}" if exc.filename else ""
+            logger.error(f"mbsnet {args.command}: error: {exc.strerror or exc}{where}")
+            return RUNTIME_ERROR
 
 
 if __name__ == "__main__":

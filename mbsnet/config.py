@@ -38,6 +38,19 @@ def _with_defaults(validator_class):
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
+def schema_definition(name: str) -> dict:
+    """One definition of the config schema (``$defs``, e.g. ``model``) as a schema of its
+    own, its references intact: what a part of a config is checked against on its own."""
+    schema = load_schema()
+    return {"$schema": schema["$schema"], "$defs": schema["$defs"], "$ref": f"#/$defs/{name}"}
+
+
+def defaults_validator(schema: Mapping[str, Any]) -> jsonschema.protocols.Validator:
+    """A validator of ``schema`` that fills in the schema's ``default`` values as it checks
+    (into the instance it validates)."""
+    return _with_defaults(jsonschema.Draft202012Validator)(schema)
+
+
 def _key_path(error: jsonschema.ValidationError, prefix: str = "") -> str:
     path = ".".join([prefix] * bool(prefix) + [str(p) for p in error.absolute_path])
     return path or "<top level>"
@@ -68,7 +81,7 @@ def validate_config(config: Mapping[str, Any], source: str = "config") -> dict:
     """
     resolved = copy.deepcopy(dict(config))
     schema = load_schema()
-    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
+    validator = defaults_validator(schema)
     errors = sorted(validator.iter_errors(resolved), key=lambda e: list(e.absolute_path))
     lines = [f"  {_key_path(e)}: {e.message}" for e in errors]
     if not errors:

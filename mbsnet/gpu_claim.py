@@ -20,14 +20,15 @@ overrides for tests.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import re
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .console import TO_STDERR
 from .errors import ConfigError
 
 LOCK_DIR_ENV = "MBSNET_GPU_LOCK_DIR"
@@ -71,6 +72,7 @@ def scheduler_assigned() -> bool:
 def _listed_ids() -> list[str] | None:
     """The physical ids of the visible devices in CUDA index order, as the environment
     lists them: SLURM's node-wide ids, else ``CUDA_VISIBLE_DEVICES`` (None: unset)."""
+    listed: str | None
     if scheduler_assigned():
         listed = next(os.environ[var] for var in SCHEDULER_GPU_VARS if os.environ.get(var))
     else:
@@ -118,8 +120,12 @@ def _try_lock(path: Path) -> int | None:
     return fd
 
 
+logger = logging.getLogger(__name__)
+
+
 def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    """Waiting messages go to stderr (the job's log), beside the progress lines."""
+    logger.info(line, extra=TO_STDERR)
 
 
 def claim_device(poll_seconds: float = POLL_SECONDS,
@@ -155,18 +161,25 @@ def claim_devices(count: int, poll_seconds: float = POLL_SECONDS,
     if scheduler_assigned() and len(ids) == count:
         _claims = [Claim(index, physical, None) for index, physical in enumerate(ids)]
         return list(_claims)
-    directory = lock_dir()
+    held = _lock_when_free(lock_dir(), ids, count, poll_seconds, log)
+    _fds, _claims = [fd for fd, _ in held], [claim for _, claim in held]
+    return list(_claims)
+
+
+def _lock_when_free(directory: Path, ids: list[str], count: int, poll_seconds: float,
+                    log: Callable[[str], None]) -> list[tuple[int, Claim]]:
+    """Locks on ``count`` devices, taken together once that many are free (see
+    :func:`claim_devices`)."""
     wanted = "a free GPU" if count == 1 else f"{count} free GPUs"
     waited_since = None
     while True:
         held = _lock_free(directory, ids, count)
         if len(held) == count:
-            _fds, _claims = [fd for fd, _ in held], [claim for _, claim in held]
             if waited_since is not None:
-                names = ", ".join(claim.physical for claim in _claims)
+                names = ", ".join(claim.physical for _, claim in held)
                 log(f"claimed GPU{'s' * (count > 1)} {names} after waiting "
                     f"{time.monotonic() - waited_since:.0f} s")
-            return list(_claims)
+            return held
         for fd, _ in held:
             os.close(fd)
         if waited_since is None:

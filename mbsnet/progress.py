@@ -1,8 +1,10 @@
 """Progress output (tqdm on a terminal, plain lines otherwise) and an order-keeping process
-pool, for the long steps of data preparation and scoring."""
+pool, for the long steps of data preparation and scoring. Progress lines are INFO records
+shown on stderr, so that -q hides them and stdout keeps a command's results."""
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -11,25 +13,30 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
+from .console import TO_STDERR
 from .workers import die_with_parent
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
 def progress(items: Iterable[T], total: int, desc: str, lines: int = 10) -> Iterator[T]:
-    """Yield ``items``, showing a tqdm bar on a terminal or about ``lines`` plain lines."""
-    if sys.stderr.isatty():
+    """Yield ``items``, showing a tqdm bar on a terminal or about ``lines`` plain lines
+    (neither when INFO records are not shown)."""
+    shown = logger.isEnabledFor(logging.INFO)
+    if shown and sys.stderr.isatty():
         yield from tqdm(items, total=total, desc=desc, unit="utt", leave=False)
-        print(f"{desc}: {total} done", file=sys.stderr, flush=True)
+        logger.info(f"{desc}: {total} done", extra=TO_STDERR)
         return
     every = max(1, total // lines)
     done = 0
     for done, item in enumerate(items, 1):
         if done % every == 0 or done == total:
-            print(f"{desc}: {done}/{total}", file=sys.stderr, flush=True)
+            logger.info(f"{desc}: {done}/{total}", extra=TO_STDERR)
         yield item
     if done == 0:
-        print(f"{desc}: nothing to do", file=sys.stderr, flush=True)
+        logger.info(f"{desc}: nothing to do", extra=TO_STDERR)
 
 
 def parallel_map(fn: Callable[[Any], T], items: Sequence[Any], workers: int, desc: str,

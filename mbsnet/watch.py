@@ -35,6 +35,7 @@ from typing import Any, TextIO
 
 import yaml
 
+from . import layout
 from .train.paths import RunPaths, steps_per_epoch
 
 #: Step lines used for the step time before the first epoch ends (the first step is slow).
@@ -119,7 +120,7 @@ class TrainingProgress:
             else:
                 continue
             last_kind = kind
-        if steps:
+        if epochs is not None and steps:
             progress.step = progress.done_steps - (progress.epoch - 1) * steps
             progress.validating = last_kind == "step" and progress.step >= steps
             left = epochs * steps - progress.done_steps
@@ -156,7 +157,7 @@ class TrainingLogs:
     def describe(self, ablation: str, seed: str, now: float, started: float = 0.0) -> str:
         """What the view shows of one training whose job started at ``started`` (a live log
         last written before is a previous run's, until the training resumes or replaces it)."""
-        path = live_log_path(self.results / ablation / f"seed{seed}")
+        path = live_log_path(layout.run_dir(self.results, ablation, seed))
         try:
             stat = path.stat()
         except OSError:
@@ -166,8 +167,8 @@ class TrainingLogs:
         key = (stat.st_mtime_ns, stat.st_size)
         cached = self._cache.get(path)
         if cached is None or cached[0] != key:
-            totals = training_totals(self.results / "config" / "resolved.yaml",
-                                     self.results / "data" / "manifest.tsv", ablation)
+            totals = training_totals(self.results / layout.RESOLVED_CONFIG,
+                                     self.results / layout.MANIFEST, ablation)
             progress = TrainingProgress.read(_json_lines(path), totals)
             self._cache[path] = cached = (key, progress)
         progress = cached[1]
@@ -252,8 +253,19 @@ class SnakemakeOutput:
                 self.total = int(total.group(1))
             return out
         self._block = None
-        if not line.strip():
-            return out
+        if line.strip():
+            out += self._unindented(line)
+        return out
+
+    def close(self) -> list[str]:
+        """The lines still held back at the end of the output."""
+        out = self._end_block()
+        self._block = None
+        return out
+
+    def _unindented(self, line: str) -> list[str]:
+        """A line that starts a block or stands alone, after the previous block ended."""
+        out: list[str] = []
         if line == "Job stats:":
             self._block = "stats"
         elif match := _JOB.match(line):
@@ -278,12 +290,6 @@ class SnakemakeOutput:
         else:
             self._block = "shown"
             out.append(line)
-        return out
-
-    def close(self) -> list[str]:
-        """The lines still held back at the end of the output."""
-        out = self._end_block()
-        self._block = None
         return out
 
     def _indented(self, line: str) -> list[str]:
@@ -430,7 +436,9 @@ def headline(report: str | Path, summary_md: str | Path) -> str:
     keep = rows[0].index("Params") if "Params" in rows[0] else len(rows[0])
     rows = [row[:keep] for row in rows]
     widths = [max(len(row[i]) for row in rows if i < len(row)) for i in range(keep)]
-    table = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    # a row may end before the last column (no Params column to cut at): not strict
+    table = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip()
+             for row in rows]
     return "\n".join([f"Report: {report}", "", *table, *notes, "",
                       f"Mean ± 95 % CI over the test utterances; costs and the steps between "
                       f"ablations: {summary_md}"])
@@ -441,7 +449,7 @@ def headline(report: str | Path, summary_md: str | Path) -> str:
 
 def default_log_path(results: str | Path = "results") -> Path:
     """``results/logs/snakemake/<start time>.log``."""
-    return Path(results) / "logs" / "snakemake" / f"{time.strftime('%Y-%m-%dT%H%M%S')}.log"
+    return layout.path(results, layout.SNAKEMAKE_LOG, start_time=time.strftime("%Y-%m-%dT%H%M%S"))
 
 
 def run(command: list[str], *, log_path: Path, results: str | Path = "results",
@@ -505,7 +513,7 @@ def _final(output: SnakemakeOutput, status: int, seconds: float, log_path: Path,
            results: Path) -> str:
     total = "?" if output.total is None else output.total
     if status == 0 and output.nothing_to_do:
-        report, summary = results / "report.html", results / "summary.md"
+        report, summary = results / layout.REPORT_HTML, results / layout.SUMMARY_MD
         text = "Nothing to be done: every output is up to date."
         if report.is_file() and summary.is_file():
             text += "\n\n" + headline(report, summary)

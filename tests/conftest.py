@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+
+from .corpus import training_corpus
 
 
 @pytest.fixture
@@ -14,3 +18,10 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def manifest(tmp_path_factory) -> Path:
+    """The manifest of the training tests' corpus (tests/corpus.py), written once: the
+    tests only read it."""
+    return training_corpus(tmp_path_factory.mktemp("data"))

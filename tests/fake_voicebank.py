@@ -15,6 +15,8 @@ from typing import Literal
 import numpy as np
 import soundfile as sf
 
+from .corpus import speechlike
+
 OFFICIAL_DIRS = {"train": ("clean_trainset_28spk_wav", "noisy_trainset_28spk_wav"),
                  "test": ("clean_testset_wav", "noisy_testset_wav")}
 BSRNN_DIRS = {"train": ("train/clean", "train/noisy"), "test": ("test/clean", "test/noisy")}
@@ -31,15 +33,6 @@ class FakeVoiceBank:
     dirs: dict[str, tuple[Path, Path]]
     utterances: dict[str, list[str]] = field(default_factory=dict)
     labels: dict[str, tuple[str, float]] = field(default_factory=dict)
-
-
-def _speechlike(n: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
-    """Harmonic bursts with silent gaps, peak well below full scale."""
-    t = np.arange(n) / sample_rate
-    f0 = rng.uniform(100, 220)
-    tone = sum(np.sin(2 * np.pi * k * f0 * t) / k for k in range(1, 6))
-    gate = (np.sin(2 * np.pi * rng.uniform(2, 4) * t) > 0).astype(float)
-    return 0.1 * tone * gate
 
 
 def make_fake_voicebank(root: Path, layout: Literal["official", "bsrnn"] = "official", *,
@@ -63,10 +56,10 @@ def make_fake_voicebank(root: Path, layout: Literal["official", "bsrnn"] = "offi
         for speaker in speakers:
             for k in range(per_speaker):
                 utt = f"{speaker}_{k + 1:03d}"
-                n = int(seconds * (1 + 0.25 * k) * sample_rate)
-                clean = _speechlike(n, sample_rate, rng)
+                clean = speechlike(seconds * (1 + 0.25 * k), rng.uniform(100, 220),
+                                   int(rng.integers(2**31)), sample_rate=sample_rate)
                 noise, snr = conditions[len(tree.utterances[split]) % len(conditions)]
-                noisy = clean + rng.standard_normal(n) * np.std(clean) * 10 ** (-snr / 20)
+                noisy = clean + rng.standard_normal(clean.size) * np.std(clean) * 10 ** (-snr / 20)
                 sf.write(clean_dir / f"{utt}.wav", clean, sample_rate, subtype="PCM_16")
                 sf.write(noisy_dir / f"{utt}.wav", noisy, sample_rate, subtype="PCM_16")
                 tree.utterances[split].append(utt)

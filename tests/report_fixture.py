@@ -15,7 +15,11 @@ import soundfile
 import yaml
 from scipy import stats
 
-from mbsnet.report.collect import METRICS
+from mbsnet import layout
+from mbsnet.data.manifest import pair_paths
+from mbsnet.metrics import METRICS
+
+from .corpus import Utterance, speechlike, write_corpus
 
 RATE = 16000
 NOISES = ("car", "babble", "cafe")
@@ -78,7 +82,7 @@ def make_results_tree(
     scores like optimized.
     """
     ablations, seeds = list(ablations), list(seeds)
-    results = root / "results"
+    results = root / layout.RESULTS
     entries = {a: {"claimed_params": PARAMS[a][1], "model": MODELS[a]} for a in ablations}
     for name, entry in entries.items():
         if lineage and PARENTS.get(name) in entries:
@@ -89,10 +93,12 @@ def make_results_tree(
     root.mkdir(parents=True, exist_ok=True)
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
-    utts = _write_data(results / "data", n_test)
+    utts = _write_data(results, n_test)
     rng = np.random.default_rng(0)
     difficulty = rng.normal(0.0, 0.3, size=n_test)
-    _write_eval(results / "noisy" / "eval", "noisy", utts, difficulty, rng, failed=None)
+    _write_eval(layout.path(results, layout.NOISY_METRICS),
+                layout.path(results, layout.NOISY_SUMMARY), "noisy", utts, difficulty, rng,
+                failed=None)
     for name in ablations:
         if name in never_run:
             continue
@@ -100,22 +106,29 @@ def make_results_tree(
             _write_failed_training(results, name, seeds[0])
             continue
         if name not in no_profile:
-            _write_profile(results / name / "profile.json", name)
+            _write_profile(layout.path(results, layout.PROFILE, ablation=name), name)
         for seed in seeds:
-            run = results / name / f"seed{seed}"
-            _write_training(run, name, seed, abl1=name == "abl1")
-            eval_dir = run / "eval"
-            _write_eval(eval_dir, name, utts, difficulty + 0.05 * seed, rng,
-                        failed=utts[2]["utt_id"] if name == "abl1" else None)
-            for i, utt in enumerate(utts[:2]):
-                clean, _ = soundfile.read(results / "data" / utt["clean"])
-                # drawn whatever is saved, so the metrics of the next systems stay the same
-                enhanced = clean + 0.01 * rng.standard_normal(clean.size)
-                if examples and i == 0:
-                    _wav(eval_dir / "example" / f"{utt['utt_id']}.wav", enhanced)
-                if save_wavs:
-                    _wav(eval_dir / "wavs" / f"{utt['utt_id']}.wav", enhanced)
+            _write_run(results, name, seed, utts, difficulty, rng, examples, save_wavs)
     return config_path, results
+
+
+def _write_run(results: Path, name: str, seed: int, utts: list[dict], difficulty: np.ndarray,
+               rng: np.random.Generator, examples: bool, save_wavs: bool) -> None:
+    """One seed's training and evaluation, with the enhanced example (and saved WAVs)."""
+    run = {"ablation": name, "seed": seed}
+    _write_training(results, name, seed, abl1=name == "abl1")
+    _write_eval(layout.path(results, layout.EVAL_METRICS, **run),
+                layout.path(results, layout.EVAL_SUMMARY, **run), name, utts,
+                difficulty + 0.05 * seed, rng,
+                failed=utts[2]["utt_id"] if name == "abl1" else None)
+    for i, utt in enumerate(utts[:2]):
+        clean, _ = soundfile.read(results / layout.DATA / utt["clean"])
+        # drawn whatever is saved, so the metrics of the next systems stay the same
+        enhanced = clean + 0.01 * rng.standard_normal(clean.size)
+        if examples and i == 0:
+            _wav(layout.path(results, layout.EXAMPLE_WAV, utt_id=utt["utt_id"], **run), enhanced)
+        if save_wavs:
+            _wav(layout.path(results, layout.SAVED_WAV, utt_id=utt["utt_id"], **run), enhanced)
 
 
 def _wav(path: Path, wave: np.ndarray) -> None:
@@ -123,37 +136,33 @@ def _wav(path: Path, wave: np.ndarray) -> None:
     soundfile.write(path, np.clip(wave, -1, 1), RATE, subtype="PCM_16")
 
 
-def _write_data(data: Path, n_test: int) -> list[dict]:
+def _write_data(results: Path, n_test: int) -> list[dict]:
+    """The corpus: 2 train and ``n_test`` test utterances of 0.4 s; returns the test ones'
+    manifest fields (WAV paths relative to data/)."""
     rng = np.random.default_rng(1)
-    t = np.arange(int(0.4 * RATE)) / RATE
-    rows = []
+    utterances = []
     for i in range(n_test + 2):
         split = "train" if i < 2 else "test"
-        utt = f"{split}_{i:03d}"
         noise, snr = NOISES[i % len(NOISES)], SNRS[(i // len(NOISES)) % len(SNRS)]
-        clean = 0.3 * np.sin(2 * np.pi * (200 + 20 * i) * t) * np.hanning(t.size)
-        noisy = clean + 0.3 * 10 ** (-snr / 20) * rng.standard_normal(t.size) * 0.3
-        _wav(data / split / "clean" / f"{utt}.wav", clean)
-        _wav(data / split / "noisy" / f"{utt}.wav", noisy)
-        rows.append({"utt_id": utt, "split": split, "speaker": f"spk{i % 2}", "noise": noise,
-                     "snr": snr, "duration": t.size / RATE, "clean": f"{split}/clean/{utt}.wav",
-                     "noisy": f"{split}/noisy/{utt}.wav"})
-    header = "utt_id\tsplit\tspeaker\tnoise\tsnr\tduration\tclean\tnoisy"
-    lines = [header] + ["\t".join(str(r[k]) for k in header.split("\t")) for r in rows]
-    (data / "manifest.tsv").write_text("\n".join(lines) + "\n")
-    return [r for r in rows if r["split"] == "test"]
+        clean = speechlike(0.4, 200 + 20 * i, i)
+        noisy = clean + 0.3 * 10 ** (-snr / 20) * rng.standard_normal(clean.size) * 0.3
+        utterances.append(Utterance(f"{split}_{i:03d}", split, clean, noisy,
+                                    speaker=f"spk{i % 2}", noise=noise, snr=snr))
+    write_corpus(results / layout.DATA, utterances)
+    return [{"utt_id": u.utt_id, "snr": u.snr, "noise": u.noise,
+             "clean": pair_paths(u.split, u.utt_id)[0]} for u in utterances if u.split == "test"]
 
 
-def _write_eval(eval_dir: Path, system: str, utts: list[dict], difficulty: np.ndarray,
-                rng: np.random.Generator, failed: str | None) -> None:
+def _write_eval(metrics: Path, summary_json: Path, system: str, utts: list[dict],
+                difficulty: np.ndarray, rng: np.random.Generator, failed: str | None) -> None:
     """metrics.tsv with metric = base + quality shift + SNR effect + noise, and summary.json."""
-    eval_dir.mkdir(parents=True, exist_ok=True)
+    metrics.parent.mkdir(parents=True, exist_ok=True)
     base = {"pesq_wb": 1.5, "csig": 2.5, "cbak": 2.0, "covl": 2.0, "ssnr": 2.0,
             "stoi": 0.80, "estoi": 0.65, "si_sdr": 5.0}
     scale = {"stoi": 0.05, "estoi": 0.08, "ssnr": 4.0, "si_sdr": 6.0}
     header = ["utt_id", "system", "snr", "noise", *METRICS, "error"]
     lines, values = ["\t".join(header)], {m: [] for m in METRICS}
-    for utt, hard in zip(utts, difficulty):
+    for utt, hard in zip(utts, difficulty, strict=True):
         row = {"utt_id": utt["utt_id"], "system": system, "snr": utt["snr"],
                "noise": utt["noise"], "error": ""}
         for m in METRICS:
@@ -168,7 +177,7 @@ def _write_eval(eval_dir: Path, system: str, utts: list[dict], difficulty: np.nd
         lines.append("\t".join("nan" if isinstance(row[k], float) and np.isnan(row[k])
                                else f"{row[k]:.6f}" if isinstance(row[k], float) else str(row[k])
                                for k in header))
-    (eval_dir / "metrics.tsv").write_text("\n".join(lines) + "\n")
+    metrics.write_text("\n".join(lines) + "\n")
     overall = {}
     for m, v in values.items():
         x = np.asarray(v)
@@ -178,7 +187,7 @@ def _write_eval(eval_dir: Path, system: str, utts: list[dict], difficulty: np.nd
                       "n": int(x.size)}
     summary = {"system": system, "n": len(utts),
                "failed": {"pesq_wb": int(failed is not None)}, "overall": overall, "by_snr": {}}
-    (eval_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary_json.write_text(json.dumps(summary, indent=2))
 
 
 def _epoch_lines(name: str, epochs: int, steps: int, skipped_at: int | None) -> list[dict]:
@@ -203,12 +212,14 @@ def _epoch_lines(name: str, epochs: int, steps: int, skipped_at: int | None) -> 
     return lines
 
 
-def _write_training(run: Path, name: str, seed: int, abl1: bool) -> None:
-    run.mkdir(parents=True, exist_ok=True)
+def _write_training(results: Path, name: str, seed: int, abl1: bool) -> None:
+    layout.run_dir(results, name, seed).mkdir(parents=True, exist_ok=True)
     lines = _epoch_lines(name, epochs=3, steps=4, skipped_at=6 if abl1 else None)
     if abl1:
-        lines.insert(9, {"kind": "resume", "epoch": 2, "step": 8, "from": "checkpoint/last.pt"})
-    (run / "train_log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        lines.insert(9, {"kind": "resume", "epoch": 2, "step": 8,
+                         "from": layout.within(layout.RUN, layout.LAST_CHECKPOINT)})
+    layout.path(results, layout.TRAIN_LOG, ablation=name, seed=seed).write_text(
+        "".join(json.dumps(x) + "\n" for x in lines))
     summary = {"ablation": name, "seed": seed, "epochs": 3, "steps": 12,
                "wall_seconds": 3725.0 + 100 * seed, "skipped_steps": 1 if abl1 else 0,
                "disc_skipped_steps": 0, "best_epoch": 3, "best_key": "val_pesq",
@@ -218,16 +229,16 @@ def _write_training(run: Path, name: str, seed: int, abl1: bool) -> None:
     summary.update(device=device, scan=scan, **LAYOUTS.get(name, {
         "processes": 1, "process_devices": [device], "batch_size": 2, "accumulate": 1,
         "micro_batch": 2, "utterances_per_second": 1.5}))
-    (run / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    layout.path(results, layout.TRAIN_SUMMARY, ablation=name, seed=seed).write_text(
+        json.dumps(summary, indent=2))
 
 
 def _write_failed_training(results: Path, name: str, seed: int) -> None:
-    run = results / name / f"seed{seed}"
-    run.mkdir(parents=True, exist_ok=True)
+    layout.run_dir(results, name, seed).mkdir(parents=True, exist_ok=True)
     lines = _epoch_lines(name, epochs=1, steps=4, skipped_at=None)
-    (run / "train_log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines)
-                                         + '{"kind": "st')   # torn last line
-    log = results / "logs" / "train" / f"{name}_seed{seed}.log"
+    layout.path(results, layout.TRAIN_LOG, ablation=name, seed=seed).write_text(
+        "".join(json.dumps(x) + "\n" for x in lines) + '{"kind": "st')   # torn last line
+    log = results / layout.log("train", ablation=name, seed=seed)
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("epoch 2 step 5\nmbsnet train: error: 20 consecutive non-finite steps\n")
 

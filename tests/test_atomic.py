@@ -8,13 +8,23 @@ import pytest
 from mbsnet.atomic import atomic_dir, atomic_path, write_json
 
 
+def write_half_then_fail(target):
+    with atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash")
+
+
+def build_half_then_fail(target):
+    with atomic_dir(target) as tmp:
+        (tmp / "part.wav").write_bytes(b"x")
+        raise ValueError("bad input")
+
+
 def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     target = tmp_path / "out.txt"
     target.write_text("old")
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("crash")
+    with pytest.raises(RuntimeError, match="crash"):
+        write_half_then_fail(target)
     assert target.read_text() == "old"
     assert os.listdir(tmp_path) == ["out.txt"]
 
@@ -29,10 +39,8 @@ def test_written_file_has_the_usual_mode(tmp_path):
 
 
 def test_failed_directory_build_leaves_nothing(tmp_path):
-    with pytest.raises(ValueError):
-        with atomic_dir(tmp_path / "data") as tmp:
-            (tmp / "part.wav").write_bytes(b"x")
-            raise ValueError("bad input")
+    with pytest.raises(ValueError, match="bad input"):
+        build_half_then_fail(tmp_path / "data")
     assert os.listdir(tmp_path) == []
 
 

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -14,9 +10,10 @@ import yaml
 from mbsnet.config import validate_config
 from mbsnet.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = yaml.safe_load((ROOT / "tests" / "configs" / "tiny.yaml").read_text())
-BIN = Path(sys.executable).parent
+from .helpers import TINY_CONFIG
+from .snakemake_runs import snakemake, write_config
+
+TINY = yaml.safe_load(TINY_CONFIG.read_text())
 
 BAD_OVERRIDES = [
     ({"epochz": 3}, "ablations.mamba.training: Additional properties are not allowed "
@@ -35,7 +32,7 @@ def with_override(override: dict) -> dict:
     return config
 
 
-@pytest.mark.parametrize("override, message", BAD_OVERRIDES,
+@pytest.mark.parametrize(("override", "message"), BAD_OVERRIDES,
                          ids=["unknown-key", "zero-batch", "negative-lr", "string-lr",
                               "nested-unknown-key"])
 def test_per_ablation_training_overrides_are_validated(override, message):
@@ -68,11 +65,7 @@ def test_no_validation_speakers_is_an_error_when_training_validates_on_them():
 
 
 def test_dry_run_fails_on_a_bad_override(tmp_path):
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(with_override({"epochz": 3})))
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
-    result = subprocess.run([str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "-d",
-                             str(tmp_path), "-n", "--configfile", str(path)],
-                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    path = write_config(tmp_path / "bad.yaml", with_override({"epochz": 3}))
+    result = snakemake(tmp_path, "-n", config=path, timeout=300)
     assert result.returncode != 0
     assert "ablations.mamba.training: Additional properties" in result.stdout + result.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import math
 import os
 from pathlib import Path
@@ -15,23 +16,23 @@ import soxr
 import torch
 
 from mbsnet.cli import main as cli_main
-from mbsnet.commands.prepare import STAMP, prepare_corpus
 from mbsnet.config import load_config
 from mbsnet.data import espeak, noises, synthetic, voicebank
 from mbsnet.data.datasets import EvalDataset, TrainDataset
 from mbsnet.data.manifest import COLUMNS, MANIFEST, read_manifest
 from mbsnet.data.mixing import active_power, mix_at_snr, mix_pcm16, snr_db
+from mbsnet.data.prepare import STAMP, prepare_corpus
 from mbsnet.errors import ConfigError, DataError, MbsnetError
 
 from .fake_voicebank import make_fake_voicebank
+from .helpers import ROOT
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = {"seed": 3, "train_utterances": 6, "test_utterances": 4, "train_speakers": 3,
         "test_speakers": 2}
 
 
 def make_config(**data) -> dict:
-    config = load_config(REPO / "config.yaml")
+    config = load_config(ROOT / "config.yaml")
     config["data"].update(copy.deepcopy(data))
     return config
 
@@ -78,7 +79,8 @@ def test_mix_scales_clean_and_noisy_together_instead_of_clipping():
     scaled_clean, noisy = mix_at_snr(clean, rng.standard_normal(8000), 0.0)
     assert np.max(np.abs(noisy)) == pytest.approx(0.99)
     ratio = scaled_clean / clean
-    assert np.allclose(ratio, ratio[0]) and ratio[0] < 1
+    assert np.allclose(ratio, ratio[0])
+    assert ratio[0] < 1
     assert snr_db(scaled_clean, noisy) == pytest.approx(0.0, abs=1e-9)
 
 
@@ -93,7 +95,8 @@ def test_noises_have_the_length_unit_level_and_are_reproducible():
     for kind in noises.GENERATORS:
         a = noises.make_noise(kind, 4001, np.random.default_rng(5), pool)
         b = noises.make_noise(kind, 4001, np.random.default_rng(5), pool)
-        assert a.shape == (4001,) and np.array_equal(a, b), kind
+        assert a.shape == (4001,), kind
+        assert np.array_equal(a, b), kind
         assert np.sqrt(np.mean(a ** 2)) == pytest.approx(1.0), kind
     with pytest.raises(ValueError, match="unknown noise type"):
         noises.make_noise("rain", 10, rng, pool)
@@ -102,7 +105,10 @@ def test_noises_have_the_length_unit_level_and_are_reproducible():
 def test_colored_noise_has_the_requested_slope():
     spectrum = np.abs(np.fft.rfft(noises.colored(2 ** 16, np.random.default_rng(0), 1.0))) ** 2
     freqs = np.fft.rfftfreq(2 ** 16, 1 / 16000)
-    band = lambda lo: spectrum[(freqs >= lo) & (freqs < 2 * lo)].sum()  # noqa: E731
+
+    def band(lo: float) -> float:
+        return spectrum[(freqs >= lo) & (freqs < 2 * lo)].sum()
+
     # pink: equal power per octave
     assert 10 * np.log10(band(2000) / band(500)) == pytest.approx(0.0, abs=0.5)
 
@@ -113,7 +119,7 @@ def test_espeak_in_a_fresh_process_is_reproducible():
     first, second = espeak.synthesize_fresh(jobs), espeak.synthesize_fresh(jobs)
     assert [a.dtype for a in first] == [np.int16, np.int16]
     assert all(len(a) > espeak.ESPEAK_RATE * 0.3 for a in first)
-    assert all(np.array_equal(a, b) for a, b in zip(first, second))
+    assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
     with pytest.raises(MbsnetError, match="voice 'xx-none\\+m1'"):
         espeak.synthesize_fresh([("Hello.", espeak.Voice("xx-none+m1"))])
 
@@ -147,12 +153,13 @@ def test_synthetic_plan_has_distinct_speakers_and_conditions():
     assert len(synthetic.sentences()) >= 250
 
 
-@pytest.mark.parametrize("settings, valid, message", [
+@pytest.mark.parametrize(("settings", "valid", "message"), [
     ({"train_speakers": 90}, 1, "speakers"),
     ({"train_utterances": 2}, 1, "train_utterances"),
     ({}, 3, "valid_speakers"),
     ({}, ["s99"], "s99"),
-])
+], ids=["more-speakers-than-voices", "too-few-utterances", "all-speakers-held-out",
+        "unknown-valid-speaker"])
 def test_synthetic_plan_rejects_impossible_settings(settings, valid, message):
     with pytest.raises(ConfigError, match=message):
         synthetic.plan_corpus({**TINY, **settings}, valid)
@@ -186,8 +193,11 @@ def test_synthetic_mixtures_hit_the_target_snr(synthetic_corpus):
 def test_synthetic_speakers_are_disjoint_across_splits(synthetic_corpus):
     manifest = read_manifest(synthetic_corpus / MANIFEST)
     groups = manifest.groupby("split")["speaker"].apply(set).to_dict()
-    assert len(groups["train"]) == 2 and len(groups["valid"]) == 1 and len(groups["test"]) == 2
-    assert not groups["train"] & groups["test"] and not groups["valid"] & groups["test"]
+    assert len(groups["train"]) == 2
+    assert len(groups["valid"]) == 1
+    assert len(groups["test"]) == 2
+    assert not groups["train"] & groups["test"]
+    assert not groups["valid"] & groups["test"]
     assert not groups["train"] & groups["valid"]
     noise = manifest.groupby("split")["noise"].apply(set).to_dict()
     assert not (noise["train"] | noise["valid"]) & noise["test"]
@@ -237,17 +247,19 @@ def test_voicebank_import(tmp_path, layout):
         if layout == "official":
             assert (row.noise, row.snr) == tree.labels[utt]
         else:
-            assert row.noise == "unknown" and math.isnan(row.snr)
+            assert row.noise == "unknown"
+            assert math.isnan(row.snr)
         split = "test" if utt in tree.utterances["test"] else "train"
         source, rate = sf.read(tree.dirs[split][0] / f"{utt}.wav", dtype="float64")
         clean, out_rate = sf.read(row.clean, dtype="float64")
-        assert out_rate == 16000 and sf.info(row.noisy).frames == len(clean)
+        assert out_rate == 16000
+        assert sf.info(row.noisy).frames == len(clean)
         expected = soxr.resample(source, rate, 16000, quality="HQ")
         assert len(clean) == len(expected) == round(row.duration * 16000)
         assert np.max(np.abs(clean - expected)) <= 1 / 32768
 
 
-def test_voicebank_logs_in_logfiles_folder_and_odd_lines(tmp_path, capsys):
+def test_voicebank_logs_in_logfiles_folder_and_odd_lines(tmp_path, caplog):
     tree = make_fake_voicebank(tmp_path / "vb", "official", per_speaker=1)
     (tree.root / "logfiles").mkdir()
     for log in tree.root.glob("log_*.txt"):
@@ -255,9 +267,11 @@ def test_voicebank_logs_in_logfiles_folder_and_odd_lines(tmp_path, capsys):
     (tree.root / "logfiles" / "log_readme.txt").write_text("Noise types and SNRs per file\n")
     with open(tree.root / "logfiles" / "log_testset.txt", "a") as log:
         log.write("p232_009 cafe loud\n")
+    caplog.set_level(logging.INFO, logger="mbsnet")
     labels = voicebank.read_logs(tree.root)
     assert labels == {utt: tree.labels[utt] for utt in tree.labels}
-    assert "log_testset.txt: ignored 1 line(s)" in capsys.readouterr().out
+    assert [r.getMessage() for r in caplog.records] == [
+        "prepare: log_testset.txt: ignored 1 line(s) not of the form '<utt_id> <noise> <snr>'"]
 
 
 def test_voicebank_prepare_is_a_no_op_until_the_download_changes(tmp_path):
@@ -366,13 +380,15 @@ def test_voicebank_config_errors(tmp_path):
 def test_prepare_command(tmp_path, capsys):
     tree = make_fake_voicebank(tmp_path / "vb", "official", per_speaker=1)
     config = tmp_path / "config.yaml"
-    config.write_text((REPO / "config.yaml").read_text().replace(
+    config.write_text((ROOT / "config.yaml").read_text().replace(
         "source: synthetic", "source: voicebank").replace("root: null", f"root: {tree.root}"))
     out = tmp_path / "data"
     assert cli_main(["prepare", "--config", str(config), "--out", str(out)]) == 0
     err = capsys.readouterr()
-    assert "resampling: 4/4" in err.err and "wrote" in err.out
-    assert (out / MANIFEST).is_file() and (out / STAMP).is_file()
+    assert "resampling: 4/4" in err.err
+    assert "wrote" in err.out
+    assert (out / MANIFEST).is_file()
+    assert (out / STAMP).is_file()
     (tree.dirs["train"][0] / "p226_001.wav").unlink()
     assert cli_main(["prepare", "--config", str(config), "--out", str(tmp_path / "x"),
                      "--force"]) == 1
@@ -406,7 +422,8 @@ def test_train_dataset_crops(synthetic_corpus):
     rows = read_manifest(manifest).query("split == 'train'").reset_index(drop=True)
     epoch0 = [data[i] for i in range(len(data))]
     for i, (clean, noisy) in enumerate(epoch0):
-        assert clean.shape == noisy.shape == (16000,) and clean.dtype == torch.float32
+        assert clean.shape == noisy.shape == (16000,)
+        assert clean.dtype == torch.float32
         start = data.crop_start(i)
         for got, path in ((clean, rows.clean[i]), (noisy, rows.noisy[i])):
             expected = read(path)[start:start + 16000].astype(np.float32)
@@ -424,7 +441,8 @@ def test_train_dataset_tiles_short_utterances(synthetic_corpus):
     data = TrainDataset(synthetic_corpus / MANIFEST, split="test", crop_seconds=10.0)
     clean, noisy = data[0]
     original = read(data.rows.noisy[0]).astype(np.float32)
-    assert noisy.shape == (160000,) and data.crop_start(0) == 0
+    assert noisy.shape == (160000,)
+    assert data.crop_start(0) == 0
     n = len(original)
     assert np.array_equal(noisy[:n].numpy(), original)
     assert np.array_equal(noisy[n:2 * n].numpy(), original)
@@ -436,8 +454,10 @@ def test_eval_dataset_returns_whole_utterances(synthetic_corpus):
     assert len(data) == 4
     item = data[1]
     row = data.rows.iloc[1]
-    assert item["utt_id"] == row.utt_id and item["speaker"] == row.speaker
-    assert item["noise"] == row.noise and item["snr"] == row.snr
+    assert item["utt_id"] == row.utt_id
+    assert item["speaker"] == row.speaker
+    assert item["noise"] == row.noise
+    assert item["snr"] == row.snr
     assert np.array_equal(item["clean"].numpy(), read(row.clean).astype(np.float32))
     assert item["noisy"].shape == item["clean"].shape == (round(row.duration * 16000),)
     with pytest.raises(DataError, match="no 'dev' utterances"):

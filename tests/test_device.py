@@ -194,7 +194,8 @@ def test_select_device_claims_a_free_cuda_device_and_describe_names_it(lock_dir,
     current = []
     monkeypatch.setattr(torch.cuda, "set_device", current.append)
     monkeypatch.setenv(gpu_claim.SIMULATED_ENV, "2")
-    assert select_device("cpu") == torch.device("cpu") and not lock_dir.exists()
+    assert select_device("cpu") == torch.device("cpu")
+    assert not lock_dir.exists()
     held = hold(lock_dir / "gpu-0.lock")
     try:
         device = select_device("auto")

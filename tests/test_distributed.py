@@ -13,7 +13,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -32,15 +31,15 @@ from mbsnet.profiling.profile import (
 )
 from mbsnet.train import batches, loop
 from mbsnet.train import checkpoint as ckpt
-from mbsnet.train import trainer as trainer_module
+from mbsnet.train import gan as gan_module
 from mbsnet.train.distributed import Launch, Layout, first_host, joined, launch_for
+from mbsnet.train.gan import EnhancementGan
 from mbsnet.train.microbatches import BatchRows, GlobalBatchDropout, pieces
-from mbsnet.train.trainer import Trainer
-from tests.test_train import STRUCTURES, fixed_batch, read_log, tiny_config, write_corpus
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-TINY = ROOT / "tests" / "configs" / "tiny.yaml"
+from .helpers import BIN, ROOT, TINY_CONFIG
+from .snakemake_runs import planned_rules, snakemake, write_config
+from .tiny_training import STRUCTURES, fixed_batch, read_log, tiny_config
+
 # Same weights up to float32 rounding, measured as |a - b| / |b| over all of a network's
 # weights (generator and discriminator each). Not 0: the pieces' losses are summed in
 # another order than the whole batch's mean (two half-batch means, averaged), which changes
@@ -55,11 +54,6 @@ TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def manifest(tmp_path_factory) -> Path:
-    return write_corpus(tmp_path_factory.mktemp("data"))
 
 
 def relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -84,7 +78,7 @@ def networks(run_dir: Path) -> dict[str, torch.Tensor]:
 def assert_identical_runs(expected: Path, got: Path) -> None:
     assert networks(expected).keys() == networks(got).keys()
     assert all(torch.equal(a, b) for a, b in zip(networks(expected).values(),
-                                                 networks(got).values()))
+                                                 networks(got).values(), strict=True))
 
     def losses(directory: Path) -> list[tuple]:
         return [(line["step"], line["gen_loss"], line["disc_loss"])
@@ -200,7 +194,7 @@ def test_each_rank_reads_its_slice_of_every_global_batch():
     for sampler in (*shares,):
         sampler.start(0, 1)    # a resume mid-epoch: the same global position for any count
     got = [list(sampler) for sampler in shares]
-    assert [a + b for a, b in zip(*got)] == full[1:]
+    assert [a + b for a, b in zip(*got, strict=True)] == full[1:]
     assert all(len(batch) == 2 for share in got for batch in share)
     with pytest.raises(ValueError, match="share 0 of 3 of a batch of 4"):
         batches.EpochBatchSampler(7, 4, steps=3, seed=2, shard=(0, 3))
@@ -247,14 +241,15 @@ def test_micro_batches_give_the_whole_batchs_step(name):
     for accumulate in (1, 2):
         config = tiny_config(batch_size=4, accumulate=accumulate)
         torch.manual_seed(0)
-        trainer = Trainer(ablation_config(config, name), config, torch.device("cpu"))
+        trainer = EnhancementGan(ablation_config(config, name), config, torch.device("cpu"))
         assert trainer.micro_batch == 4 // accumulate
         grads: dict = {}
         for net, optimizer in (("generator", trainer.gen_optimizer),
                                ("discriminator", trainer.disc_optimizer)):
             optimizer.step = recording(optimizer.step, getattr(trainer, net), grads, net)
         outcome = trainer.train_step(*fixed_batch(4), use_metric_loss=True)
-        assert not outcome["skipped"] and outcome["disc_loss"] is not None
+        assert not outcome["skipped"]
+        assert outcome["disc_loss"] is not None
         buffers = [b.clone() for b in trainer.discriminator.buffers()]
         seen.append((grads, outcome, buffers, torch.rand(3)))
     (whole, whole_outcome, whole_buffers, whole_rng), (parts, outcome, buffers, rng) = seen
@@ -263,7 +258,7 @@ def test_micro_batches_give_the_whole_batchs_step(name):
         assert relative_difference(parts[net], whole[net]) <= RELATIVE_TOLERANCE, net
     assert outcome["gen_loss"] == pytest.approx(whole_outcome["gen_loss"], rel=1e-6)
     assert outcome["disc_loss"] == pytest.approx(whole_outcome["disc_loss"], rel=1e-6)
-    assert all(torch.equal(a, b) for a, b in zip(buffers, whole_buffers))
+    assert all(torch.equal(a, b) for a, b in zip(buffers, whole_buffers, strict=True))
     assert torch.equal(rng, whole_rng)
 
 
@@ -364,12 +359,14 @@ def test_two_processes_and_two_micro_batches_train_like_one_batch(two_process_ru
     assert relative_difference(networks(accumulated), reference) <= RELATIVE_TOLERANCE
     # the same pieces summed the same way: 2 processes and 2 micro-batches agree exactly
     assert all(torch.equal(a, b) for a, b in zip(networks(two).values(),
-                                                 networks(accumulated).values()))
+                                                 networks(accumulated).values(), strict=True))
 
     summary = json.loads((two / "train_summary.json").read_text())
-    assert (summary["steps"], summary["processes"], summary["batch_size"],
-            summary["micro_batch"], summary["accumulate"]) == (10, 2, 2, 1, 1)
-    assert summary["process_devices"] == ["cpu", "cpu"] and summary["device"] == "cpu"
+    assert summary["steps"] == 10
+    assert (summary["processes"], summary["batch_size"], summary["micro_batch"],
+            summary["accumulate"]) == (2, 2, 1, 1)
+    assert summary["process_devices"] == ["cpu", "cpu"]
+    assert summary["device"] == "cpu"
     assert summary["utterances_per_second"] > 0
     single = json.loads((one / "train_summary.json").read_text())
     assert (single["processes"], single["process_devices"], single["micro_batch"]) == \
@@ -395,7 +392,8 @@ def test_kill_9_mid_epoch_then_resume_with_two_or_one_processes(two_process_run,
     os.killpg(proc.pid, signal.SIGKILL)              # torchrun and both workers
     proc.wait()
     checkpoint = ckpt.load_checkpoint(out / "checkpoint" / "last.pt")["run"]
-    assert checkpoint.epoch == 0 and 2 <= checkpoint.step < 5
+    assert checkpoint.epoch == 0
+    assert 2 <= checkpoint.step < 5
     alone = tmp_path / "alone"
     shutil.copytree(out, alone)
 
@@ -408,7 +406,9 @@ def test_kill_9_mid_epoch_then_resume_with_two_or_one_processes(two_process_run,
     single = yaml.safe_load(config.read_text())
     single["training"]["devices"] = 1
     summary = loop.train(single, "bsrnn", 0, alone, manifest, threads=1)
-    assert (summary["resumed"], summary["steps"], summary["processes"]) == (1, 10, 1)
+    assert summary["resumed"] == 1
+    assert summary["steps"] == 10
+    assert summary["processes"] == 1
     assert relative_difference(networks(alone), networks(reference)) <= RELATIVE_TOLERANCE
 
 
@@ -441,7 +441,8 @@ def test_a_crashed_rank_stops_the_run_naming_it(manifest, tmp_path):
     os.kill(worker_pids(proc)[1], signal.SIGKILL)
     killed = time.monotonic()
     output, _ = proc.communicate(timeout=120)        # no hang
-    assert proc.returncode != 0 and time.monotonic() - killed < 90
+    assert proc.returncode != 0
+    assert time.monotonic() - killed < 90
     assert re.search(r"rank\s*:\s*1 \(local_rank: 1\)", output), output[-3000:]
 
 
@@ -469,27 +470,27 @@ def _rank_steps(rank: int, port: int, out: str) -> None:
                                                           "scan": "as_coded"}}
         config = validate_config(config)
 
-        def weights(trainer: Trainer) -> list[float]:
+        def weights(trainer: EnhancementGan) -> list[float]:
             return torch.cat([p.detach().flatten() for p in trainer.generator.parameters()]
                              + [p.detach().flatten()
                                 for p in trainer.discriminator.parameters()]).tolist()
 
         torch.manual_seed(0)
-        with Trainer(ablation_config(config, "bsrnn"), config, torch.device("cpu"),
+        with EnhancementGan(ablation_config(config, "bsrnn"), config, torch.device("cpu"),
                      processes) as trainer:
-            real = trainer_module.reconstruction_loss
+            real = gan_module.reconstruction_loss
             if rank == 1:
-                trainer_module.reconstruction_loss = \
+                gan_module.reconstruction_loss = \
                     lambda *a, **k: real(*a, **k) * float("nan")
             before = weights(trainer)
             report["first"] = trainer.train_step(clean, noisy, use_metric_loss=False)
             report["unchanged"] = weights(trainer) == before
-            trainer_module.reconstruction_loss = real
+            gan_module.reconstruction_loss = real
             report["second"] = trainer.train_step(clean, noisy, use_metric_loss=False)
             report["bsrnn"] = weights(trainer)
         for name in [*STRUCTURES, "abl1_as_coded"]:
             torch.manual_seed(0)
-            with Trainer(ablation_config(config, name), config, torch.device("cpu"),
+            with EnhancementGan(ablation_config(config, name), config, torch.device("cpu"),
                          processes) as trainer:
                 steps = [trainer.train_step(clean, noisy, use_metric_loss=metric)
                          for metric in (False, True)]
@@ -504,7 +505,8 @@ def test_two_processes_skip_a_step_nonfinite_on_one_and_train_every_structure(tm
                                           nprocs=2, start_method="spawn")
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for rank in ranks:          # NaN on rank 1 only: the step is skipped on both
-        assert rank["first"]["skipped"] and rank["unchanged"]
+        assert rank["first"]["skipped"]
+        assert rank["unchanged"]
         assert "non-finite loss" in rank["first"]["reason"]
         assert not rank["second"]["skipped"]
     assert ranks[0]["second"]["gen_loss"] == ranks[1]["second"]["gen_loss"]
@@ -561,22 +563,17 @@ def test_over_budget_profile_measures_one_item_to_suggest(tmp_path, capsys):
 # -- the workflow ---------------------------------------------------------------------
 
 def snakemake_dry_run(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
-    path = workdir / "config.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
-    return subprocess.run([str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "-d",
-                           str(workdir), "--configfile", str(path), "-n", "-p", *args],
-                          capture_output=True, text=True, env=env, timeout=300, cwd=workdir)
+    path = write_config(workdir / "config.yaml", config)
+    return snakemake(workdir, "-n", "-p", *args, config=path, timeout=300)
 
 
 def train_jobs(stdout: str) -> dict[str, dict]:
-    from tests.test_workflow import planned_rules
     return {job["wildcards"]["ablation"]: job for job in planned_rules(stdout)
             if job["rule"] == "train"}
 
 
 def test_train_rule_launches_torchrun_and_asks_slurm_for_tasks_and_gpus(tmp_path):
-    config = yaml.safe_load(TINY.read_text())
+    config = yaml.safe_load(TINY_CONFIG.read_text())
     config["training"].update(batch_size=4, pesq_workers=1, data_workers=0)
     config["ablations"]["mamba"]["training"] = {"devices": 2}
     config["ablations"]["bsrnn"]["training"] = {"devices": 2, "device": "cpu"}
@@ -586,8 +583,9 @@ def test_train_rule_launches_torchrun_and_asks_slurm_for_tasks_and_gpus(tmp_path
     assert jobs["mamba"]["shell"].startswith(
         "torchrun --standalone --nproc-per-node 2 --no-python mbsnet train ")
     assert " --threads 1 " in jobs["mamba"]["shell"]
+    # each process: its torch thread and a core for its PESQ worker
     assert (jobs["mamba"]["threads"], jobs["mamba"]["resources"]["gpu"],
-            jobs["mamba"]["resources"]["mem_mb"]) == (2, "2", "4000")
+            jobs["mamba"]["resources"]["mem_mb"]) == (4, "2", "4000")
     assert jobs["bsrnn"]["resources"]["gpu"] == "0"
 
     slurm = snakemake_dry_run(tmp_path, config, "--cores", "4", "--profile",
@@ -601,14 +599,14 @@ def test_train_rule_launches_torchrun_and_asks_slurm_for_tasks_and_gpus(tmp_path
     assert jobs["mamba"]["resources"]["tasks_per_gpu"] == "1"
     assert "tasks_per_gpu" not in jobs["bsrnn"]["resources"]
 
-    single = yaml.safe_load(TINY.read_text())
+    single = yaml.safe_load(TINY_CONFIG.read_text())
     plain = train_jobs(snakemake_dry_run(tmp_path, single, "--cores", "4").stdout)["mamba"]
     assert plain["shell"].startswith("mbsnet train ")
     assert not {"tasks", "mpi", "tasks_per_gpu"} & set(plain["resources"])
 
 
 def test_workflow_stops_on_a_batch_that_does_not_divide(tmp_path):
-    config = yaml.safe_load(TINY.read_text())
+    config = yaml.safe_load(TINY_CONFIG.read_text())
     config["ablations"]["mamba"]["training"] = {"devices": 4}
     result = snakemake_dry_run(tmp_path, config, "--cores", "1")
     assert result.returncode != 0
@@ -618,5 +616,6 @@ def test_workflow_stops_on_a_batch_that_does_not_divide(tmp_path):
 
 def test_validated_config_keeps_devices_absent():
     """No schema default: existing ablations keep their settings hash (no reruns)."""
-    resolved = validate_config(yaml.safe_load(TINY.read_text()))
-    assert "devices" not in resolved["training"] and "accumulate" not in resolved["training"]
+    resolved = validate_config(yaml.safe_load(TINY_CONFIG.read_text()))
+    assert "devices" not in resolved["training"]
+    assert "accumulate" not in resolved["training"]

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from mbsnet.cli import main
-from mbsnet.enhance import enhance_files
 from mbsnet.errors import DataError, MbsnetError
+from mbsnet.evaluation.enhance import enhance_files
 
 
 class Gain(nn.Module):
@@ -78,5 +78,6 @@ def test_cli_names_the_bad_file_without_a_traceback(folder, tmp_path, capsys):
     assert main(["enhance", str(folder), "--model", str(model), "--out",
                  str(tmp_path / "out"), "--device", "cpu"]) == 1
     err = capsys.readouterr().err
-    assert "Traceback" not in err and "c_nan.wav: sample 49 is nan" in err
+    assert "Traceback" not in err
+    assert "c_nan.wav: sample 49 is nan" in err
     assert not (tmp_path / "out").exists()

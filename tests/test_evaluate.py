@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import numpy as np
@@ -15,11 +16,13 @@ from torch import nn
 from mbsnet.audio import HOP
 from mbsnet.cli import main
 from mbsnet.data.manifest import example_utterance, read_manifest
-from mbsnet.enhance import enhance_files, enhance_waveform
 from mbsnet.errors import DataError
-from mbsnet.evaluate import COLUMNS, evaluate, summarise
+from mbsnet.evaluation.enhance import enhance_files, enhance_waveform
+from mbsnet.evaluation.evaluate import COLUMNS, evaluate, summarise
 from mbsnet.metrics import METRICS
 from mbsnet.wavio import read_16k_mono
+
+from .corpus import Utterance, speechlike, write_corpus
 
 SR = 16000
 
@@ -32,7 +35,9 @@ class Identity(nn.Module):
         self.gain = nn.Parameter(torch.ones(()))
 
     def forward(self, spec: torch.Tensor) -> torch.Tensor:
-        assert spec.is_complex() and spec.dim() == 3 and spec.shape[1] == 257
+        assert spec.is_complex()
+        assert spec.dim() == 3
+        assert spec.shape[1] == 257
         return spec * self.gain
 
 
@@ -45,7 +50,8 @@ class Halve(nn.Module):
 def test_identity_model_gives_back_the_input(shape):
     wave = 0.1 * torch.randn(*shape)
     out = enhance_waveform(Identity(), wave)
-    assert out.shape == wave.shape and out.dtype == torch.float32
+    assert out.shape == wave.shape
+    assert out.dtype == torch.float32
     assert torch.allclose(out, wave, atol=1e-5)
 
 
@@ -59,39 +65,28 @@ def test_enhance_waveform_applies_the_model_without_gradients():
 
 # ---------------------------------------------------------------------------- evaluate
 
-def speechlike(rng: np.random.Generator, seconds: float) -> np.ndarray:
-    """A voiced-sounding test signal: harmonics with a syllable-rate envelope."""
-    t = np.arange(int(seconds * SR)) / SR
-    f0 = 120 + 20 * np.sin(2 * np.pi * 0.7 * t)
-    phase = 2 * np.pi * np.cumsum(f0) / SR
-    voiced = sum(np.sin(k * phase) / k for k in range(1, 12))
-    envelope = np.clip(np.sin(2 * np.pi * 3 * t + rng.uniform(0, 6)), 0, None)
-    return 0.3 * voiced * envelope / np.max(np.abs(voiced))
+SILENT = "t4_silent"
+"""The test utterance that is digitally silent: PESQ finds no speech in it."""
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> dict:
-    """A 4-utterance test split (one digitally silent) and a training row, per docs/results.md."""
+    """A 4-utterance test split (the last one digitally silent) and a training utterance."""
     root = tmp_path_factory.mktemp("data")
     rng = np.random.default_rng(0)
-    lines = ["utt_id\tsplit\tspeaker\tnoise\tsnr\tduration\tclean\tnoisy"]
     specs = [("t1", "test", 0.0), ("t2", "test", 5.0), ("t3", "test", 5.0),
-             ("silent", "test", 0.0), ("tr1", "train", 5.0)]
-    for utt, split, snr in specs:
-        clean = np.zeros(SR) if utt == "silent" else speechlike(rng, 1.2)
-        noise = rng.standard_normal(clean.size)
-        scale = 0.0 if utt == "silent" else \
-            np.sqrt(np.mean(clean ** 2) / np.mean(noise ** 2) / 10 ** (snr / 10))
-        noisy = clean + scale * noise
-        for kind, signal in (("clean", clean), ("noisy", noisy)):
-            path = root / split / kind / f"{utt}.wav"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            sf.write(path, signal, SR, subtype="PCM_16")
-        lines.append(f"{utt}\t{split}\tspk\twhite\t{snr}\t{clean.size / SR:.6f}\t"
-                     f"{split}/clean/{utt}.wav\t{split}/noisy/{utt}.wav")
-    manifest = root / "manifest.tsv"
-    manifest.write_text("\n".join(lines) + "\n")
-    return {"manifest": manifest, "root": root}
+             (SILENT, "test", 0.0), ("tr1", "train", 5.0)]
+    utterances = []
+    for index, (utt, split, snr) in enumerate(specs):
+        if utt == SILENT:
+            clean = noisy = np.zeros(SR)
+        else:
+            clean = speechlike(1.2, 120 + 20 * index, index)
+            noise = rng.standard_normal(clean.size)
+            noisy = clean + noise * np.sqrt(np.mean(clean ** 2) / np.mean(noise ** 2)
+                                            / 10 ** (snr / 10))
+        utterances.append(Utterance(utt, split, clean, noisy, snr=snr))
+    return {"manifest": write_corpus(root, utterances), "root": root}
 
 
 @pytest.fixture(scope="module")
@@ -106,23 +101,26 @@ def test_noisy_evaluation_writes_one_row_per_test_utterance(noisy_eval):
     table = pd.read_csv(out / "metrics.tsv", sep="\t", keep_default_na=False,
                         na_values=["NaN"])
     assert tuple(table.columns) == COLUMNS
-    assert table["utt_id"].tolist() == ["t1", "t2", "t3", "silent"]
+    assert table["utt_id"].tolist() == ["t1", "t2", "t3", SILENT]
     assert set(table["system"]) == {"noisy"}
     assert table["snr"].tolist() == [0.0, 5.0, 5.0, 0.0]
-    ok = table[table["utt_id"] != "silent"]
+    ok = table[table["utt_id"] != SILENT]
     assert (ok["error"] == "").all()
     assert np.isfinite(ok[list(METRICS)].to_numpy()).all()
-    silent = table[table["utt_id"] == "silent"].iloc[0]
-    assert math.isnan(silent["pesq_wb"]) and "No utterances detected" in silent["error"]
+    silent = table[table["utt_id"] == SILENT].iloc[0]
+    assert math.isnan(silent["pesq_wb"])
+    assert "No utterances detected" in silent["error"]
     assert json.loads((out / "summary.json").read_text()) == summary
 
 
 def test_summary_statistics(noisy_eval):
     out, summary = noisy_eval
     table = pd.read_csv(out / "metrics.tsv", sep="\t", keep_default_na=False, na_values=["NaN"])
-    assert summary["system"] == "noisy" and summary["n"] == 4
+    assert summary["system"] == "noisy"
+    assert summary["n"] == 4
     assert summary["device"] is None                  # no model ran
-    assert summary["failed"]["pesq_wb"] == 1 and summary["failed"]["csig"] == 1
+    assert summary["failed"]["pesq_wb"] == 1
+    assert summary["failed"]["csig"] == 1
     pesq = table["pesq_wb"].dropna()
     overall = summary["overall"]["pesq_wb"]
     assert overall["n"] == 3
@@ -131,9 +129,12 @@ def test_summary_statistics(noisy_eval):
     assert overall["ci95"] == pytest.approx(4.302652729911275 * pesq.std(ddof=1) / math.sqrt(3))
     assert set(summary["by_snr"]) == {"0", "5"}
     five = summary["by_snr"]["5"]["stoi"]
-    assert five["n"] == 2 and five["mean"] == pytest.approx(table["stoi"][1:3].mean())
+    assert five["n"] == 2
+    assert five["mean"] == pytest.approx(table["stoi"][1:3].mean())
     zero = summary["by_snr"]["0"]["pesq_wb"]
-    assert zero["n"] == 1 and zero["std"] is None and zero["ci95"] is None
+    assert zero["n"] == 1
+    assert zero["std"] is None
+    assert zero["ci95"] is None
 
 
 def test_summary_unknown_snr_group():
@@ -147,16 +148,18 @@ def test_identity_model_scores_like_the_noisy_input(corpus, noisy_eval, tmp_path
     _, noisy = noisy_eval
     summary = evaluate(corpus["manifest"], tmp_path / "eval", model=Identity(),
                        system="identity", workers=1, save_wavs=True, progress=False)
-    assert summary["system"] == "identity" and summary["n"] == 4
+    assert summary["system"] == "identity"
+    assert summary["n"] == 4
     assert summary["device"] == "cpu"
     for metric in ("pesq_wb", "stoi", "ssnr"):
         assert summary["overall"][metric]["mean"] == pytest.approx(
             noisy["overall"][metric]["mean"], abs=1e-3)
     wavs = sorted(p.name for p in (tmp_path / "eval" / "wavs").iterdir())
-    assert wavs == ["silent.wav", "t1.wav", "t2.wav", "t3.wav"]
+    assert wavs == ["t1.wav", "t2.wav", "t3.wav", f"{SILENT}.wav"]
     enhanced, rate = sf.read(tmp_path / "eval" / "wavs" / "t1.wav")
     noisy_wave, _ = sf.read(corpus["root"] / "test" / "noisy" / "t1.wav")
-    assert rate == SR and enhanced.shape == noisy_wave.shape
+    assert rate == SR
+    assert enhanced.shape == noisy_wave.shape
     assert np.max(np.abs(enhanced - noisy_wave)) <= 2 / 32768
     # the report's example, kept whatever save_wavs says: the same samples
     assert [p.name for p in (tmp_path / "eval" / "example").iterdir()] == ["t1.wav"]
@@ -165,7 +168,7 @@ def test_identity_model_scores_like_the_noisy_input(corpus, noisy_eval, tmp_path
     assert not [p for p in (tmp_path / "eval").iterdir() if p.name.endswith(".tmp")]
 
 
-def test_the_example_is_kept_without_save_wavs(corpus, tmp_path, capsys):
+def test_the_example_is_kept_without_save_wavs(corpus, tmp_path, caplog):
     out = tmp_path / "eval"
     (out / "example").mkdir(parents=True)
     (out / "example" / "stale.wav").write_bytes(b"from an earlier evaluation")
@@ -175,15 +178,16 @@ def test_the_example_is_kept_without_save_wavs(corpus, tmp_path, capsys):
     assert sorted(p.name for p in (out / "example").iterdir()) == ["t3.wav"]
     kept, rate = sf.read(out / "example" / "t3.wav")
     noisy_wave, _ = sf.read(corpus["root"] / "test" / "noisy" / "t3.wav")
-    assert rate == SR and np.max(np.abs(kept - noisy_wave)) <= 2 / 32768
-    err = capsys.readouterr().err      # not test utterances: said, and the scores still made
-    for bad in ("tr1", "nope"):
+    assert rate == SR
+    assert np.max(np.abs(kept - noisy_wave)) <= 2 / 32768
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    for bad in ("tr1", "nope"):      # not test utterances: said, and the scores still made
         assert (f"warning: example utterance '{bad}' is not a test utterance in "
-                f"{corpus['manifest']} (e.g. 't1'); no enhanced WAV is kept for it") in err
+                f"{corpus['manifest']} (e.g. 't1'); no enhanced WAV is kept for it") in warned
     assert len(pd.read_csv(out / "metrics.tsv", sep="\t")) == 4
 
 
-def test_a_non_finite_output_is_scored_not_written(corpus, tmp_path, capsys):
+def test_a_non_finite_output_is_scored_not_written(corpus, tmp_path, caplog):
     class NaNs(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -197,15 +201,16 @@ def test_a_non_finite_output_is_scored_not_written(corpus, tmp_path, capsys):
                        progress=False)
     assert summary["failed"]["pesq_wb"] == 4                  # every utterance, recorded
     assert list((out / "example").iterdir()) == list((out / "wavs").iterdir()) == []
-    err = capsys.readouterr().err
-    assert "warning: example/t1.wav not written: " in err
-    assert "warning: wavs/t3.wav not written: " in err
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(m.startswith("warning: example/t1.wav not written: ") for m in warned)
+    assert any(m.startswith("warning: wavs/t3.wav not written: ") for m in warned)
 
 
 def test_example_utterance_is_the_configured_or_the_first_test_one(corpus):
     manifest = read_manifest(corpus["manifest"])
-    assert example_utterance(manifest) == "t1"            # manifest order, not sorted
-    assert example_utterance(manifest, "silent") == "silent"
+    assert example_utterance(manifest) == "t1"
+    assert example_utterance(manifest.iloc[::-1]) == SILENT     # the frame's order, not sorted
+    assert example_utterance(manifest, SILENT) == SILENT
     assert example_utterance(manifest, split="train") == "tr1"
     with pytest.raises(DataError, match=r"^report.example_utterance 'tr1' is not a test "
                                         r"utterance in the manifest \(e.g. 't1'\)$"):
@@ -225,7 +230,8 @@ def test_cli_evaluate_noisy(corpus, tmp_path):
     assert main(["evaluate", "--noisy", "--data", str(corpus["manifest"]), "--out", str(out),
                  "--workers", "2"]) == 0
     table = pd.read_csv(out / "metrics.tsv", sep="\t")
-    assert len(table) == 4 and json.loads((out / "summary.json").read_text())["n"] == 4
+    assert len(table) == 4
+    assert json.loads((out / "summary.json").read_text())["n"] == 4
 
 
 def _tiny_model_file(path):
@@ -255,9 +261,9 @@ def test_cli_evaluate_model(corpus, tmp_path, capsys):
 
     assert main(["evaluate", "--model", str(model), "--data", str(corpus["manifest"]),
                  "--out", str(out), "--workers", "1", "--device", "cpu",
-                 "--example", "t2", "--example", "silent"]) == 0
-    assert sorted(p.name for p in (out / "example").iterdir()) == ["silent.wav", "t2.wav"]
-    assert capsys.readouterr().out.rstrip().endswith("(example: silent, t2)")
+                 "--example", SILENT, "--example", "t2"]) == 0
+    assert sorted(p.name for p in (out / "example").iterdir()) == ["t2.wav", f"{SILENT}.wav"]
+    assert capsys.readouterr().out.rstrip().endswith(f"(example: t2, {SILENT})")
 
 
 def test_cli_example_needs_a_model(corpus, tmp_path, capsys):
@@ -280,7 +286,9 @@ def test_enhance_44k_stereo_to_16k_mono(tmp_path):
     assert written == [tmp_path / "out" / "song.wav"]
     out, rate = sf.read(written[0])
     info = sf.info(written[0])
-    assert rate == 16000 and info.channels == 1 and info.subtype == "PCM_16"
+    assert rate == 16000
+    assert info.channels == 1
+    assert info.subtype == "PCM_16"
     assert out.shape == (16000,)
     # the mean of the channels, resampled: a 0.15-amplitude 440 Hz tone
     expected = 0.15 * np.sin(2 * np.pi * 440 * np.arange(16000) / 16000)

@@ -26,9 +26,10 @@ from torch import nn
 from mbsnet.config import load_config
 from mbsnet.models import Discriminator, build_model
 
-ROOT = Path(__file__).resolve().parents[1]
+from .helpers import ROOT
+
 FIXTURES_ENV = "MBSNET_FIDELITY_FIXTURES"
-DEFAULT_FIXTURES = Path(__file__).resolve().parent / "data" / "upstream"
+DEFAULT_FIXTURES = ROOT / "tests" / "data" / "upstream"
 UPSTREAM_CASES = {"bsrnn", "discriminator", "abl1_exact", "abl1_as_coded", "abl2_exact",
                   "abl2_as_coded", "abl3_exact", "abl3_as_coded", "optimized_exact",
                   "optimized_as_coded"}
@@ -83,7 +84,8 @@ def test_output_matches_the_original(case):
     expected = torch.load(case / "expected.pt", weights_only=True)["output"]
     with torch.no_grad():
         output = network(**inputs)
-    assert output.shape == expected.shape and output.dtype == expected.dtype
+    assert output.shape == expected.shape
+    assert output.dtype == expected.dtype
     error = relative_error(output, expected)
     assert error <= tolerance, f"{case.name}: relative error {error:.3g} > {tolerance:g}"
 
@@ -132,7 +134,8 @@ def test_original_recipe_is_the_original_training_scripts():
     assert training["loss"] == {"ri_weight": 0.5, "mag_weight": 0.5, "compress": 0.3,
                                 "metric_weight": 1.0}
     assert (training["validate_on"], training["best_key"]) == ("test", "val_loss")
-    assert config["data"]["source"] == "voicebank" and config["data"]["valid_speakers"] == 0
+    assert config["data"]["source"] == "voicebank"
+    assert config["data"]["valid_speakers"] == 0
     assert config["data"]["root"] == "/path/to/VoiceBank-DEMAND"
     models = {name: entry["model"] for name, entry in config["ablations"].items()}
     assert list(models) == ["bsrnn", "abl1_as_coded", "abl2_as_coded", "abl3_as_coded",

@@ -4,7 +4,6 @@ change of each step spelt out from the two configs."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import yaml
@@ -20,8 +19,9 @@ from mbsnet.errors import ConfigError
 from mbsnet.report.changes import block_text, describe_change, model_changes, stage_text
 from mbsnet.report.steps import lineage
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = yaml.safe_load((ROOT / "tests" / "configs" / "tiny.yaml").read_text())
+from .helpers import ROOT, TINY_CONFIG
+
+TINY = yaml.safe_load(TINY_CONFIG.read_text())
 MAMBA_TIME = {"type": "mamba", "axis": "time", "bidirectional": True, "d_state": 16}
 MAMBA_BAND = {"type": "mamba", "axis": "band", "bidirectional": True, "d_state": 16}
 
@@ -56,7 +56,7 @@ def test_unknown_parent_is_named():
                                  "ablations (bsrnn, mamba)")
 
 
-@pytest.mark.parametrize("parents, message", [
+@pytest.mark.parametrize(("parents", "message"), [
     ({"mamba": "mamba"}, "ablations.mamba.parent: the lineage is a cycle, mamba → mamba;"),
     ({"a": "b", "b": "a"}, "ablations.a.parent: the lineage is a cycle, a → b → a;"),
     ({"a": "c", "b": "a", "c": "b"}, "ablations.a.parent: the lineage is a cycle, a → b → c → a;"),

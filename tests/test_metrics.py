@@ -28,9 +28,11 @@ from mbsnet.metrics import (
 from mbsnet.metrics.composite import llr_frames, num_frames, wss_frames
 from mbsnet.metrics.score import _score_parallel
 from mbsnet.metrics.standard import pesq_segments
-from tests import scoring_crash
 
-FIXTURES = Path(__file__).parent / "data" / "metrics"
+from . import scoring_crash
+from .helpers import ROOT
+
+FIXTURES = ROOT / "tests" / "data" / "metrics"
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
 NAMES = sorted(EXPECTED)
 
@@ -54,7 +56,7 @@ def assert_same_scores(row: dict, other: dict) -> None:
 @pytest.fixture(scope="module")
 def serial_scores() -> dict[str, dict]:
     return dict(zip(NAMES, score_many([pair_paths(n) for n in NAMES], workers=1,
-                                      progress=False)))
+                                      progress=False), strict=True))
 
 
 def test_fixture_keys_are_the_metrics():
@@ -78,7 +80,7 @@ def test_arrays_and_paths_give_the_same_scores(serial_scores):
 def test_parallel_equals_serial(serial_scores):
     pairs = [pair_paths(n) for n in NAMES]
     parallel = score_many(pairs, workers=2, progress=False)
-    for name, row in zip(NAMES, parallel):
+    for name, row in zip(NAMES, parallel, strict=True):
         assert_same_scores(row, serial_scores[name])
 
 
@@ -89,7 +91,8 @@ def test_silent_padding_gives_finite_composites():
     row = score_pair(clean, degraded)
     assert row["error"] == ""
     assert all(math.isfinite(row[m]) for m in METRICS)
-    assert 1.0 < row["csig"] < 5.0 and 1.0 < row["covl"] < 5.0
+    assert 1.0 < row["csig"] < 5.0
+    assert 1.0 < row["covl"] < 5.0
     llr = llr_frames(clean, degraded, 16000)
     assert np.all(np.isfinite(llr))
     assert np.all(llr[:60] == 0.0)  # frames silent in both signals match perfectly
@@ -100,7 +103,8 @@ def test_llr_finite_when_only_one_signal_is_silent():
     noise = 0.1 * rng.standard_normal(4000)
     for clean, processed in ((np.zeros(4000), noise), (noise, np.zeros(4000))):
         llr = llr_frames(clean, processed, 16000)
-        assert llr.size == num_frames(4000, 16000) and np.all(np.isfinite(llr))
+        assert llr.size == num_frames(4000, 16000)
+        assert np.all(np.isfinite(llr))
         assert np.all(llr >= 0)
 
 
@@ -133,10 +137,12 @@ def test_pesq_wb_variants():
     rng = np.random.default_rng(0)
     ref = 0.1 * rng.standard_normal(32000)
     value, reason = pesq_wb_checked(np.zeros(32000), ref)
-    assert math.isnan(value) and reason == "No utterances detected"  # bytes decoded
+    assert math.isnan(value)
+    assert reason == "No utterances detected"
     assert math.isnan(pesq_wb(ref[:1000], ref[:1000]))
     value, reason = pesq_wb_checked(ref, np.zeros(32000))  # crashed the package's C code
-    assert math.isnan(value) and reason.startswith("No utterances detected")
+    assert math.isnan(value)
+    assert reason.startswith("No utterances detected")
 
 
 def test_stoi_too_short_is_an_error_not_a_silent_fallback():
@@ -145,8 +151,10 @@ def test_stoi_too_short_is_an_error_not_a_silent_fallback():
     with pytest.raises(Exception, match="too short for STOI"):
         stoi(x, x)
     row = score_pair(x, x)
-    assert math.isnan(row["stoi"]) and math.isnan(row["estoi"])
-    assert "stoi: too short" in row["error"] and "estoi: too short" in row["error"]
+    assert math.isnan(row["stoi"])
+    assert math.isnan(row["estoi"])
+    assert "stoi: too short" in row["error"]
+    assert "estoi: too short" in row["error"]
 
 
 def test_si_sdr_definition():
@@ -222,7 +230,8 @@ def test_silent_or_constant_degraded_gives_nan_with_reasons(level):
 
 
 def speech_like(seconds: float, seed: int = 0) -> np.ndarray:
-    """A 1 s burst of voiced noise every 2 s: one PESQ utterance per burst."""
+    """A 1 s burst of voiced noise every 2 s: one PESQ utterance per burst, so the count
+    of utterances is known (tests/corpus.py's speechlike never pauses: one utterance)."""
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * 16000)) / 16000
     on = (t % 2.0) < 1.0

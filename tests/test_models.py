@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import copy
+import dataclasses
 import json
 import math
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,28 +15,35 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
+import mbsnet.config
 from mbsnet.audio import HOP, N_BINS, SAMPLE_RATE, stft
 from mbsnet.cli import main
-from mbsnet.commands.params import format_table
 from mbsnet.config import load_config, validate_config
 from mbsnet.errors import ConfigError, MbsnetError
 from mbsnet.models import (
     BAND_WIDTHS,
     BiMambaLayer,
+    BlockSpec,
     Discriminator,
     FeatureMLPLayer,
     LSTMLayer,
     MambaBlock,
     MambaLayer,
+    ModelSpec,
     apply_mask,
     build_model,
     count_parameters,
     decoder_expansions,
     load_model,
+    parse_model_config,
     save_model,
 )
+from mbsnet.models.params import format_table
+from mbsnet.models.scan import SCAN_MODES
 
-CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
+from .helpers import ROOT
+
+CONFIG = ROOT / "config.yaml"
 
 # Parameter counts of the original implementations, measured by building them (b42e05f).
 ORIGINAL_PARAMS = {
@@ -114,8 +122,10 @@ def test_decoder_expansions_per_band():
     adaptive = decoder_expansions("adaptive")
     assert len(adaptive) == len(BAND_WIDTHS) == 31
     # 2 on the 11 narrow bands (2 and 3 bins), 3 on the 8-bin bands, 4 on the widest
-    assert {w: {e for e, w2 in zip(adaptive, BAND_WIDTHS) if w2 == w} for w in set(BAND_WIDTHS)} \
-        == {2: {2}, 3: {2}, 8: {3}, 16: {4}, 17: {4}}
+    by_width = collections.defaultdict(set)
+    for expansion, width in zip(adaptive, BAND_WIDTHS, strict=True):
+        by_width[width].add(expansion)
+    assert by_width == {2: {2}, 3: {2}, 8: {3}, 16: {4}, 17: {4}}
 
 
 # --- shapes ---------------------------------------------------------------------------
@@ -127,7 +137,8 @@ def test_output_shape_follows_the_input(samples):
     assert spec.shape == (1, N_BINS, frames(samples))
     with torch.no_grad():
         out = model(spec)
-    assert out.shape == spec.shape and out.dtype == torch.complex64
+    assert out.shape == spec.shape
+    assert out.dtype == torch.complex64
     assert torch.isfinite(torch.view_as_real(out)).all()
     if samples == 38 * HOP + 5:
         assert out.shape[-1] == 39  # an odd frame count
@@ -141,7 +152,8 @@ def test_every_decoder_gives_a_complex_mask_per_bin(decoder):
     spec = noisy_spec(2, 6 * HOP)
     with torch.no_grad():
         mask = model.decoder(model.encode(spec))
-    assert mask.shape == (2, N_BINS, spec.shape[-1], 3) and mask.dtype == torch.complex64
+    assert mask.shape == (2, N_BINS, spec.shape[-1], 3)
+    assert mask.dtype == torch.complex64
 
 
 def test_band_split_feature_shape():
@@ -284,9 +296,10 @@ def test_gradient_checkpointing_gives_the_same_gradients(scan):
     spec = noisy_spec(2, 8 * HOP)
     for model in (plain, ckpt):
         model(spec).abs().mean().backward()
-    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
+    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters(), strict=True):
         if scan == "as_coded" and name.endswith(".D"):
-            assert p.grad is None and q.grad is None, name
+            assert p.grad is None, name
+            assert q.grad is None, name
         else:
             torch.testing.assert_close(q.grad, p.grad, msg=name)
 
@@ -302,7 +315,10 @@ def test_gradient_checkpointing_lowers_the_step_memory_of_every_layer_type(block
     for checkpointing in (False, True):
         torch.manual_seed(0)
         model = build_model(cfg, gradient_checkpointing=checkpointing).train()
-        step = lambda: model(spec).abs().mean().backward()  # noqa: E731
+
+        def step(model=model):
+            model(spec).abs().mean().backward()
+
         step()   # warm-up: lazily created state is not part of the comparison
         peaks[checkpointing] = measure_step_memory(step, torch.device("cpu")).peak_mb
     assert peaks[True] < 0.75 * peaks[False], peaks
@@ -347,7 +363,7 @@ def test_cpu_lstm_kernels_give_the_same_outputs_and_gradients():
     for out in outs:
         out.abs().mean().backward()
     torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-4)
-    for (name, p), q in zip(native.named_parameters(), onednn.parameters()):
+    for (name, p), q in zip(native.named_parameters(), onednn.parameters(), strict=True):
         torch.testing.assert_close(q.grad, p.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
@@ -362,7 +378,8 @@ def test_bf16_autocast_keeps_stft_and_mask_float32():
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         mask = model.decoder(model.encode(spec))
         out = model(spec)
-    assert mask.dtype == torch.complex64 and out.dtype == torch.complex64
+    assert mask.dtype == torch.complex64
+    assert out.dtype == torch.complex64
     assert torch.isfinite(torch.view_as_real(out)).all()
 
 
@@ -391,13 +408,17 @@ def test_mamba_initialisation():
     block = MambaBlock(channels=32, d_state=6)
     assert block.dt_rank == 2
     dt = F.softplus(block.dt_proj.bias)
-    assert dt.min() >= 1e-3 * (1 - 1e-5) and dt.max() <= 1e-1 * (1 + 1e-5)
+    assert dt.min() >= 1e-3 * (1 - 1e-5)
+    assert dt.max() <= 1e-1 * (1 + 1e-5)
     assert dt.max() / dt.min() > 10          # spread log-uniformly, not constant
     torch.testing.assert_close(block.A_log, torch.arange(1., 7.).log().expand(32, 6))
     assert torch.equal(block.D, torch.ones(32))
-    assert block.conv.groups == 32 and block.conv.kernel_size == (4,)
+    assert block.conv.groups == 32
+    assert block.conv.kernel_size == (4,)
     assert block.conv.bias is not None
-    assert block.in_proj.bias is None and block.x_proj.bias is None and block.out_proj.bias is None
+    assert block.in_proj.bias is None
+    assert block.x_proj.bias is None
+    assert block.out_proj.bias is None
 
 
 # abl1's network: N=128, one bidirectional time Mamba layer (two blocks).
@@ -451,7 +472,7 @@ def test_original_initialisation_gives_x_proj_the_fan_out_of_each_original_proje
     block = build_model({**MAMBA_128, "init": "original"}).mamba_blocks()[0]
     parts = block.x_proj.weight.split([8, 16, 16])
     bounds = [math.sqrt(6 / (128 + rows)) for rows in (8, 16, 16)]
-    for part, bound in zip(parts, bounds):
+    for part, bound in zip(parts, bounds, strict=True):
         assert bound * 0.98 < part.abs().max() <= bound
     assert parts[0].abs().max() > bounds[1]   # one bound for the stacked matrix would be lower
 
@@ -531,7 +552,7 @@ def _set(cfg: dict, path: list, value) -> dict:
     return cfg
 
 
-@pytest.mark.parametrize("path, value, key", [
+@pytest.mark.parametrize(("path", "value", "key"), [
     (["decoder"], "fancy", "model.decoder"),
     (["channels"], KeyError, "model.channels"),
     (["channels"], 0, "model.channels"),
@@ -556,7 +577,7 @@ def test_bad_model_settings_name_the_key(path, value, key):
     assert str(excinfo.value).startswith(key + ":")
 
 
-@pytest.mark.parametrize("key, value", [("scan", "fast"), ("init", "xavier")])
+@pytest.mark.parametrize(("key", "value"), [("scan", "fast"), ("init", "xavier")])
 def test_config_schema_names_a_bad_scan_or_init(key, value):
     raw = yaml.safe_load(CONFIG.read_text())
     raw["ablations"]["abl1"]["model"][key] = value
@@ -567,6 +588,45 @@ def test_config_schema_names_a_bad_scan_or_init(key, value):
 def test_model_settings_must_be_a_mapping():
     with pytest.raises(ConfigError, match="^model: expected a mapping"):
         build_model(["channels", 8])
+
+
+MINIMAL = {"channels": 8, "decoder": "uniform",
+           "stages": [{"blocks": [{"type": "mamba", "axis": "time"}]}]}
+
+
+def test_model_defaults_exist_only_in_the_schema(monkeypatch):
+    """The spec takes its defaults from the config schema: change one there and the spec
+    follows; the dataclasses have none of their own."""
+    spec = parse_model_config(MINIMAL)
+    assert (spec.final_norm, spec.scan, spec.init) == (False, "exact", "mamba")
+    assert spec.layers == (BlockSpec("mamba", "time", bidirectional=False, d_state=16,
+                                     expand=1),)
+    schema = mbsnet.config.load_schema()
+    schema["$defs"]["block"]["properties"]["d_state"]["default"] = 7
+    schema["$defs"]["stage"]["properties"]["repeat"]["default"] = 3
+    schema["$defs"]["model"]["properties"]["scan"]["enum"] = ["as_coded", "exact"]
+    monkeypatch.setattr(mbsnet.config, "load_schema", lambda: copy.deepcopy(schema))
+    spec = parse_model_config(MINIMAL)
+    assert [layer.d_state for layer in spec.layers] == [7, 7, 7]
+    assert spec.scan == "as_coded"          # absent: the schema's first value
+    for kind in (BlockSpec, ModelSpec):
+        assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(kind)), kind
+
+
+def test_spec_fields_are_the_schemas_keys():
+    definitions = mbsnet.config.load_schema()["$defs"]
+    assert [f.name for f in dataclasses.fields(BlockSpec)] == list(
+        definitions["block"]["properties"])
+    model_keys = set(definitions["model"]["properties"]) - {"stages"} | {"layers"}
+    assert {f.name for f in dataclasses.fields(ModelSpec)} == model_keys
+    # every scan the config may name is one the scan implements
+    assert tuple(definitions["model"]["properties"]["scan"]["enum"]) == SCAN_MODES
+
+
+def test_parsing_leaves_the_settings_as_they_were():
+    settings = copy.deepcopy(MINIMAL)
+    parse_model_config(settings)
+    assert settings == MINIMAL
 
 
 # --- model.pt -------------------------------------------------------------------------
@@ -619,7 +679,8 @@ def test_load_model_errors_name_the_file(tmp_path):
     with pytest.raises(MbsnetError, match="weights do not match") as caught:
         load_model(mismatch)
     message = str(caught.value)
-    assert "\n" not in message and len(message) < 600
+    assert "\n" not in message
+    assert len(message) < 600
     assert re.search(r"\d+ shape differs: \S+ \(\d+(, \d+)*\) vs \(\d+(, \d+)*\)", message)
     with pytest.raises(MbsnetError, match="is a folder; expected a model file"):
         load_model(tmp_path)
@@ -639,4 +700,5 @@ def test_params_command_lists_every_count(capsys):
     assert counts["ablations"]["bsrnn"]["ratio"] == pytest.approx(2_963_024 / 2_400_000)
     assert counts["discriminator"]["total"] == 181_650
     table = format_table(counts)
-    assert "optimized: 2,139,920 parameters" in table and "181,650" in table
+    assert "optimized: 2,139,920 parameters" in table
+    assert "181,650" in table

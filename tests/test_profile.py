@@ -3,10 +3,10 @@ assembled profile.json of a tiny config, the memory budget check and the ablatio
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,7 +25,11 @@ from mbsnet.models import N_BANDS, build_model, count_parameters
 from mbsnet.models.scan import scan_implementation
 from mbsnet.models.spec import scan_used
 from mbsnet.profiling import (
+    FlopCount,
+    Measurements,
+    MemoryReading,
     ProfileOptions,
+    assemble_profile,
     count_inference_flops,
     lstm_flops,
     measure_step_memory,
@@ -35,6 +39,8 @@ from mbsnet.profiling import (
 )
 from mbsnet.profiling.memory import tensor_bytes
 from mbsnet.profiling.profile import MemoryBudgetError, check_budget
+
+from .helpers import ROOT, TINY_CONFIG
 
 MAMBA_MODEL = {"channels": 4, "decoder": "lightweight", "stages": [{"blocks": [
     {"type": "mamba", "axis": "time", "bidirectional": True, "d_state": 3},
@@ -126,7 +132,8 @@ def test_lstm_model_flops_are_counted_analytically():
     time_lstm, band_lstm = (layer.rnn for layer in model.layers)
     assert count.lstm == (lstm_flops(time_lstm, N_BANDS, FRAMES)
                           + lstm_flops(band_lstm, FRAMES, N_BANDS)) > 0
-    assert count.scan == 0 and count.counter > 0
+    assert count.scan == 0
+    assert count.counter > 0
 
 
 # --- memory ----------------------------------------------------------------------------
@@ -168,7 +175,8 @@ def test_profile_json_has_every_key_with_sane_values(profile):
                 "flops_method", "peak_train_memory_mb", "memory_method", "train_step_seconds",
                 "inference_rtf", "batch_size", "crop_seconds", "budget_gb", "within_budget"}
     assert expected <= set(data)
-    assert data["ablation"] == "mamba" and data["device"] == "cpu"
+    assert data["ablation"] == "mamba"
+    assert data["device"] == "cpu"
     assert data["scan"] == scan_implementation(torch.device("cpu"), "exact")
     counted = count_parameters(build_model(MAMBA_MODEL))
     assert data["params"] == {"total": counted["total"], "per_module": counted["per_module"],
@@ -180,9 +188,11 @@ def test_profile_json_has_every_key_with_sane_values(profile):
     # at least the weights, their gradients and both Adam moments of the two networks
     assert data["memory_details"]["tensors_before_step_mb"] > 0
     assert data["peak_train_memory_mb"] > data["memory_details"]["tensors_before_step_mb"]
-    assert data["train_step_seconds"] > 0 and data["inference_rtf"] > 0
+    assert data["train_step_seconds"] > 0
+    assert data["inference_rtf"] > 0
     assert (data["batch_size"], data["crop_seconds"]) == (2, 0.5)
-    assert data["budget_gb"] == 12 and data["within_budget"] is True
+    assert data["budget_gb"] == 12
+    assert data["within_budget"] is True
     assert data["warnings"] == []                  # the discriminator step ran every time
 
 
@@ -207,7 +217,8 @@ def test_tiny_budget_fails_with_a_clear_message_and_writes_nothing(tmp_path, cap
     assert "measured on the CPU" in message
     for remedy in ("batch_size", "crop_seconds", "gradient_checkpointing"):
         assert remedy in message
-    assert not out.exists() and list(tmp_path.glob("*.json*")) == []
+    assert not out.exists()
+    assert list(tmp_path.glob("*.json*")) == []
 
 
 @pytest.mark.parametrize(("kernel", "lstm_flops", "hinted"),
@@ -240,7 +251,7 @@ def test_bad_step_count_is_a_config_error(tmp_path, capsys):
 # --- with a stand-in trainer: warnings -------------------------------------------------
 
 class StandInTrainer:
-    """The Trainer API the profile uses; every step allocates 16 MiB and skips the
+    """The EnhancementGan API the profile uses; every step allocates 16 MiB and skips the
     discriminator step (as when PESQ fails)."""
 
     def __init__(self, ablation_cfg, config, device):
@@ -250,7 +261,8 @@ class StandInTrainer:
         self.closed = False
 
     def train_step(self, clean, noisy, use_metric_loss):
-        assert use_metric_loss and clean.shape == noisy.shape
+        assert use_metric_loss
+        assert clean.shape == noisy.shape
         scratch = torch.ones(4 * 2**20)
         return {"gen_loss": float(scratch.sum()), "disc_loss": None, "skipped": False,
                 "reason": None, "disc_reason": "PESQ failed for the batch"}
@@ -271,9 +283,51 @@ def test_skipped_discriminator_steps_and_a_near_budget_peak_are_warned(tmp_path)
                             ProfileOptions(warmup_steps=1, steps=1, inference_runs=1),
                             make_trainer=make, log=lambda line: None)
     assert trainers[0].closed
-    assert 16 < data["peak_train_memory_mb"] < 17.9 and data["within_budget"]
+    assert 16 < data["peak_train_memory_mb"] < 17.9
+    assert data["within_budget"]
     assert any("discriminator step was skipped in 3 of 3" in w for w in data["warnings"])
     assert any("of the 0.0175 GB budget" in w for w in data["warnings"])
+
+
+def test_profile_json_is_assembled_from_the_measurements_and_the_settings(tmp_path):
+    """Over the budget at micro-batch 2, the one-item peak gives the accumulate that fits;
+    the figures per second, the parameter ratio and the warnings come from the measurements."""
+    config = load_config(tiny_config(tmp_path, budget_gb=250 / 1024))     # 250 MB
+    measured = Measurements(
+        device="cpu (test)", scan="chunked", params={"total": 1500, "per_module": {"a": 1500}},
+        flops=FlopCount(seconds=0.5, counter=100, scan=20),
+        memory=MemoryReading(peak_mb=300.0, method="test", details={"x": 1}),
+        one_item_peak_mb=200.0, step_seconds=0.5, inference_rtf=0.1,
+        step_outcomes=[{"skipped": True, "reason": "generator: non-finite loss (nan)"},
+                       {"skipped": False, "disc_loss": 1.0}],
+        phases={"build": 1.0, "flops": 2.0}, threads=3)
+    data = assemble_profile(config, "mamba", measured, ProfileOptions(warmup_steps=2, steps=3))
+    assert list(data) == [
+        "ablation", "device", "scan", "params", "macs_per_second", "flops_per_second",
+        "flops_method", "flops_per_second_by_source", "peak_train_memory_mb", "memory_method",
+        "memory_details", "train_step_seconds", "inference_rtf", "batch_size", "processes",
+        "accumulate", "micro_batch", "utterances_per_second", "suggested_accumulate",
+        "crop_seconds", "budget_gb", "within_budget", "precision", "gradient_checkpointing",
+        "cpu_lstm_kernel", "threads", "warmup_steps", "timed_steps", "profile_seconds",
+        "phase_seconds", "warnings"]
+    assert data["params"] == {"total": 1500, "per_module": {"a": 1500}, "claimed": 1000,
+                              "ratio": 1.5}
+    assert (data["flops_per_second"], data["macs_per_second"]) == (240.0, 120.0)
+    assert data["flops_per_second_by_source"] == {"total": 240.0, "counter": 200.0,
+                                                  "scan": 40.0, "lstm": 0.0}
+    assert (data["batch_size"], data["micro_batch"], data["utterances_per_second"]) == (2, 2, 4.0)
+    assert data["suggested_accumulate"] == {"accumulate": 2, "micro_batch": 1,
+                                            "estimated_peak_mb": 200.0}
+    assert not data["within_budget"]
+    assert data["crop_seconds"] == 0.5
+    assert (data["threads"], data["warmup_steps"], data["timed_steps"]) == (3, 2, 3)
+    assert data["profile_seconds"] == 3.0
+    assert data["phase_seconds"] == measured.phases
+    assert data["warnings"] == ["1 of 2 profiled training steps were skipped (generator: "
+                                "non-finite loss (nan)); figures may be too low"]
+    no_item = assemble_profile(config, "mamba",
+                               dataclasses.replace(measured, one_item_peak_mb=None))
+    assert no_item["suggested_accumulate"] is None
 
 
 def test_probe_batch_is_speech_at_5_db_snr():
@@ -305,11 +359,10 @@ def test_cuda_step_memory_resets_the_peak_before_the_step_and_reads_it_after(mon
 # --- the ablations benchmark -------------------------------------------------------------
 
 def test_ablations_benchmark_profiles_each_ablation_at_the_requested_size(tmp_path):
-    root = Path(__file__).resolve().parents[1]
     out = tmp_path / "ablations.json"
     proc = subprocess.run(
-        [sys.executable, str(root / "benchmarks" / "ablations.py"),
-         "--config", str(root / "tests" / "configs" / "tiny.yaml"), "--batch-size", "1",
+        [sys.executable, str(ROOT / "benchmarks" / "ablations.py"),
+         "--config", str(TINY_CONFIG), "--batch-size", "1",
          "--crop-seconds", "0.5", "--threads", "1", "--warmup-steps", "0", "--steps", "1",
          "--inference-runs", "1", "--json", str(out)],
         capture_output=True, text=True, timeout=600)
@@ -319,10 +372,39 @@ def test_ablations_benchmark_profiles_each_ablation_at_the_requested_size(tmp_pa
     assert set(rows) == {"bsrnn", "mamba"}
     for row in rows.values():
         assert (row["batch_size"], row["crop_seconds"]) == (1, 0.5)
-        assert row["peak_train_memory_mb"] > 0 and row["train_step_seconds"] > 0
+        assert row["peak_train_memory_mb"] > 0
+        assert row["train_step_seconds"] > 0
     assert rows["mamba"]["step_vs_baseline"] == pytest.approx(
         rows["mamba"]["train_step_seconds"] / rows["bsrnn"]["train_step_seconds"])
     assert rows["bsrnn"]["cpu_lstm_kernel"] == "native"
     assert report["comparable_to_original"] is False
     assert "memory target is not checked" in proc.stdout
     assert [line.split()[0] for line in proc.stdout.splitlines()[2:4]] == ["bsrnn", "mamba"]
+
+
+def test_the_profile_measures_under_the_trainings_numerics(tmp_path):
+    """training.tf32 and training.deterministic hold while the steps are measured (they
+    change a CUDA step's time), and are restored afterwards."""
+    path = tiny_config(tmp_path)
+    raw = yaml.safe_load(open(path))
+    raw["training"].update(tf32=True, deterministic=True)
+    changed = tmp_path / "numerics.yaml"
+    changed.write_text(yaml.safe_dump(raw))
+    config = load_config(changed)
+    seen = []
+
+    class Recording(StandInTrainer):
+        def train_step(self, clean, noisy, use_metric_loss):
+            seen.append((torch.backends.cuda.matmul.fp32_precision,
+                         torch.are_deterministic_algorithms_enabled()))
+            return super().train_step(clean, noisy, use_metric_loss)
+
+    before = (torch.backends.cuda.matmul.fp32_precision,
+              torch.are_deterministic_algorithms_enabled())
+    profile_ablation(config, "mamba", torch.device("cpu"),
+                     ProfileOptions(warmup_steps=1, steps=1, inference_runs=1),
+                     make_trainer=Recording, log=lambda line: None)
+    assert seen
+    assert set(seen) == {("tf32", True)}
+    assert (torch.backends.cuda.matmul.fp32_precision,
+            torch.are_deterministic_algorithms_enabled()) == before

@@ -13,6 +13,7 @@ import select
 import shutil
 import subprocess
 import time
+from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,20 @@ from scipy import stats as scipy_stats
 from mbsnet import stats
 from mbsnet.cli import main
 from mbsnet.config import config_hash, load_config
-from mbsnet.evaluate import evaluate
-from mbsnet.report import collect, render, step_views, steps
-from mbsnet.report.collect import METRICS, Missing
+from mbsnet.evaluation.evaluate import COLUMNS as EVALUATION_COLUMNS
+from mbsnet.evaluation.evaluate import evaluate
+from mbsnet.metrics import composite_scores, score_pair
+from mbsnet.metrics.registry import METRIC_SPECS
+from mbsnet.report import render, step_views, steps
+from mbsnet.report.costs import COST_SPECS
+from mbsnet.report.example import example_audio
+from mbsnet.report.formatting import fmt_cost, fmt_cost_delta
+from mbsnet.report.loading import METRIC_COLUMNS, Missing, load_results
+from mbsnet.report.placements import device_kind, placements
+from mbsnet.report.summary import summary_frame, summary_markdown
+from mbsnet.report.tables import headline, noise_table, significance, training_curves
 
+from .helpers import ROOT
 from .report_fixture import make_results_tree
 
 CHROMIUM = "/usr/bin/chromium"
@@ -45,7 +56,8 @@ ALL = ("bsrnn", "abl1", "abl2", "abl3", "optimized")
 def test_t_interval_matches_hand_computation():
     # mean 3, sd sqrt(2.5), t(0.975, 4) = 2.7764451 from tables -> 2.7764451 * sqrt(2.5 / 5)
     est = stats.mean_ci([1.0, 2.0, 3.0, 4.0, 5.0, float("nan")])
-    assert est.mean == 3.0 and est.n == 5
+    assert est.mean == 3.0
+    assert est.n == 5
     assert est.ci95 == pytest.approx(2.7764451 * math.sqrt(0.5), abs=1e-6)
     assert math.isnan(stats.mean_ci([4.0]).ci95)
     assert stats.mean_ci([]).n == 0
@@ -67,7 +79,9 @@ def test_holm_against_hand_computed_values():
     assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert stats.holm([0.5, 0.6]) == [1.0, 1.0]
     out = stats.holm([0.02, float("nan"), 0.01])    # NaN is not a test: m = 2
-    assert out[0] == pytest.approx(0.02) and math.isnan(out[1]) and out[2] == pytest.approx(0.02)
+    assert out[0] == pytest.approx(0.02)
+    assert math.isnan(out[1])
+    assert out[2] == pytest.approx(0.02)
 
 
 def test_paired_comparison_exact_wilcoxon_and_small_samples():
@@ -76,13 +90,17 @@ def test_paired_comparison_exact_wilcoxon_and_small_samples():
     system = pd.Series(np.arange(1.0, 11.0), index=ids[::-1])   # paired by id, not position
     result = stats.paired_comparison(system, base)
     # every difference positive, n = 10: exact two-sided p = 2 / 2**10
-    assert result.n == 10 and result.p == pytest.approx(2 / 1024)
+    assert result.n == 10
+    assert result.p == pytest.approx(2 / 1024)
     assert result.mean_diff == pytest.approx(5.5)
     assert result.sd == pytest.approx(math.sqrt(55 / 6))          # sd of 1..10
     small = stats.paired_comparison(system.iloc[:6], base)
-    assert small.n == 6 and math.isnan(small.p) and "too few" in small.note
+    assert small.n == 6
+    assert math.isnan(small.p)
+    assert "too few" in small.note
     zero = stats.paired_comparison(base, base)
-    assert math.isnan(zero.p) and "zero" in zero.note
+    assert math.isnan(zero.p)
+    assert "zero" in zero.note
 
 
 def test_detectable_difference_is_the_t_size_with_the_wilcoxon_efficiency():
@@ -118,6 +136,54 @@ def test_pairs_needed_inverts_the_detectable_size():
     assert stats.pairs_needed(0.0, 0.1) == 2
     with pytest.raises(ValueError, match="positive difference"):
         stats.pairs_needed(1.0, 0.0)
+
+
+# --------------------------------------------------------------------------- registries
+
+METRIC_PAIR = ROOT / "tests" / "data" / "metrics" / "arctic_a0007_pink_5dB"
+
+
+def test_scoring_writes_the_columns_the_registry_names():
+    """The metric functions' output, evaluation's metrics.tsv header and the registry
+    name the same metrics in the same order."""
+    clean, _ = sf.read(f"{METRIC_PAIR}_clean.wav", dtype="float64")
+    degraded, _ = sf.read(f"{METRIC_PAIR}_degraded.wav", dtype="float64")
+    row = score_pair(clean, degraded)
+    assert list(row) == [*METRIC_SPECS, "error"]
+    assert row["error"] == ""
+    assert set(composite_scores(clean, degraded, row["pesq_wb"])) <= set(METRIC_SPECS)
+    assert list(EVALUATION_COLUMNS) == METRIC_COLUMNS
+
+
+def test_each_cost_is_written_in_its_style():
+    values = {"params": 2_410_000.0, "claimed_params": 950.0, "params_ratio": 1.45,
+              "macs_per_second": 3.1e9, "peak_train_memory_mb": 14000.0,
+              "train_step_seconds": 0.25, "inference_rtf": 0.0512,
+              "train_wall_seconds": 3725.0}
+    assert list(values) == list(COST_SPECS)
+    assert [fmt_cost(col, value) for col, value in values.items()] == [
+        "2.41 M", "950", "×1.45", "3.10 G", "14,000", "0.25", "0.0512", "62:05"]
+    assert fmt_cost_delta("params", -20_000.0) == "-20.00 k"
+    # a step's cost change is coloured as a saving or not: it needs a direction
+    assert all(spec.lower_is_better is not None for spec in COST_SPECS.values()
+               if spec.in_steps)
+
+
+def test_the_report_follows_the_registries(tmp_path, monkeypatch):
+    """Decimals, the tested metrics and a cost's style come from the registries."""
+    config, results = make_results_tree(tmp_path, ablations=("bsrnn", "abl1"))
+    monkeypatch.setitem(METRIC_SPECS, "stoi", replace(METRIC_SPECS["stoi"], decimals=4,
+                                                      tested=True))
+    monkeypatch.setitem(COST_SPECS, "inference_rtf", replace(COST_SPECS["inference_rtf"],
+                                                             style="ratio"))
+    res = load_results(results, load_config(config))
+    rows = headline(res)
+    stoi = rows[1].metrics["stoi"]
+    cells = render.headline_cells(rows[1])
+    assert cells[list(METRIC_SPECS).index("stoi")].text == f"{stoi.mean:.4f}"
+    assert cells[len(METRIC_SPECS) + list(COST_SPECS).index("inference_rtf")].text == "×0.05"
+    assert f"{stoi.mean:.4f} ± {stoi.ci95:.4f}" in summary_markdown(rows)
+    assert [r.metric for r in significance(res)] == ["pesq_wb", "stoi", "si_sdr"]
 
 
 # --------------------------------------------------------------------------- rendering
@@ -190,13 +256,15 @@ def test_report_from_fixture_tree(report):
     row = tsv.set_index("system").loc["abl1"]
     assert row["pesq_wb"] == pytest.approx(abl1["pesq_wb"].mean(), rel=1e-5)   # NaN left out
     assert row["si_sdr_ci95"] == pytest.approx(stats.mean_ci(abl1["si_sdr"]).ci95, rel=1e-5)
-    assert row["params"] == 2_610_000 and row["params_ratio"] == pytest.approx(2.61 / 1.8, rel=1e-5)
+    assert row["params"] == 2_610_000
+    assert row["params_ratio"] == pytest.approx(2.61 / 1.8, rel=1e-5)
     assert row["train_wall_seconds"] == 3725.0                   # seconds, a number
     assert tsv.columns[tsv.columns.get_loc("inference_rtf") + 1] == "train_wall_seconds"
 
     md = (report.parent / "summary.md").read_text().splitlines()
     assert [line.split("|")[1].strip() for line in md[2:8]] == ["noisy", *ALL]
-    assert "**2.83 ± 0.18**" in md[4] and "×1.45 ⚠" in md[4]   # abl1: best PESQ, params off
+    assert "**2.83 ± 0.18**" in md[4]
+    assert "×1.45 ⚠" in md[4]
     # the wall time as its header says, in minutes:seconds: 3725 s
     assert md[0].split("|")[-2].strip() == "Train wall time (min:s)"
     assert md[3].split("|")[-2].strip() == "62:05"              # bsrnn
@@ -205,17 +273,20 @@ def test_report_from_fixture_tree(report):
     assert rows[1][-1] == "62:05"
 
     # parameter mismatch flagged in red, with the ratio
-    assert '<td class="mismatch"' in html and "×1.45" in html
+    assert '<td class="mismatch"' in html
+    assert "×1.45" in html
     # health: skipped step, failed utterance with its reason, resume, memory warning
     assert "non-finite generator loss ×1" in html
-    assert "No utterances detected" in html and "test_004" in html
+    assert "No utterances detected" in html
+    assert "test_004" in html
     assert "epoch 2 step 8 from checkpoint/last.pt" in html
     assert "peak training memory 14,000 MB at batch 6 exceeds the 12 GB budget" in html
     assert "peak 10.1 GB is 84 % of the 12 GB budget" in html   # profile.json warnings
     # provenance, audio and self-containedness
     assert config_hash(load_config(report.parents[1] / "config.yaml")) in html
     assert "<details><summary>Resolved config</summary>" in html
-    assert "3.11" in html and "9.27.1" in html                 # Python, snakemake versions
+    assert "3.11" in html
+    assert "9.27.1" in html
     assert not any(s in html for s in ('src="http', 'href="http', "@import", "url("))
     assert html.count("data:audio/wav;base64,") == 5          # clean, noisy, 3 trained ablations
     assert html.count("data:image/svg+xml;base64,") == 5      # four figures and the steps
@@ -250,7 +321,8 @@ def test_missing_pieces_render_as_missing_cells(report):
     assert tsv.loc["abl2", "missing"] == ("macs_per_second,peak_train_memory_mb,train_step_seconds,"
                                           "inference_rtf: not profiled (no abl2/profile.json)")
     md = (report.parent / "summary.md").read_text()
-    assert "missing [1]" in md and "] missing: not profiled (no abl2/profile.json)" in md
+    assert "missing [1]" in md
+    assert "] missing: not profiled (no abl2/profile.json)" in md
 
 
 def test_devices_and_scans_of_each_ablation(report):
@@ -277,7 +349,7 @@ def test_a_profile_on_another_device_or_scan_than_the_training_is_flagged(tmp_pa
     old = results / "bsrnn" / "profile.json"         # written before profiles recorded a scan
     old.write_text(json.dumps({k: v for k, v in json.loads(old.read_text()).items()
                                if k != "scan"}))
-    rows = {p.system: p for p in collect.placements(collect.load_results(
+    rows = {p.system: p for p in placements(load_results(
         results, load_config(config)))}
     abl1 = rows["abl1"]
     assert abl1.train_device == ("cuda:1 = GPU 3 (NVIDIA H100) (seed 0); cpu (seed 1)")
@@ -289,9 +361,9 @@ def test_a_profile_on_another_device_or_scan_than_the_training_is_flagged(tmp_pa
 
 
 def test_device_kind_ignores_the_index():
-    assert collect.device_kind("cuda:1 = GPU 5 (NVIDIA A100)") == "NVIDIA A100"
-    assert collect.device_kind("cuda:0 (NVIDIA A100)") == "NVIDIA A100"
-    assert collect.device_kind("cpu") == "cpu"
+    assert device_kind("cuda:1 = GPU 5 (NVIDIA A100)") == "NVIDIA A100"
+    assert device_kind("cuda:0 (NVIDIA A100)") == "NVIDIA A100"
+    assert device_kind("cpu") == "cpu"
 
 
 def test_corrupt_files_render_as_missing(tmp_path, monkeypatch):
@@ -320,8 +392,8 @@ def test_corrupt_files_render_as_missing(tmp_path, monkeypatch):
 
 def test_significance_against_baseline(tmp_path):
     config, results = make_results_tree(tmp_path, n_test=12)
-    res = collect.load_results(results, load_config(config))
-    rows = collect.significance(res)
+    res = load_results(results, load_config(config))
+    rows = significance(res)
     assert [(r.system, r.metric) for r in rows] == [
         ("abl1", "pesq_wb"), ("abl1", "si_sdr"), ("abl2", "pesq_wb"), ("abl2", "si_sdr")]
     assert rows[0].result.n == 11                  # abl1's failed PESQ utterance is unpaired
@@ -329,7 +401,8 @@ def test_significance_against_baseline(tmp_path):
     assert rows[0].result.p == pytest.approx(2 / 2**11)   # all 11 differences positive
     assert [r.p_holm for r in rows] == pytest.approx(stats.holm([r.result.p for r in rows]))
     assert all(r.significant for r in rows)
-    assert rows[0].result.mean_diff > 0 and rows[2].result.mean_diff < 0
+    assert rows[0].result.mean_diff > 0
+    assert rows[2].result.mean_diff < 0
     context = render.significance_context(res)
     assert context["small"] == ""
     assert [r["verdict"] for r in context["rows"]] == ["better than baseline"] * 2 + [
@@ -338,7 +411,7 @@ def test_significance_against_baseline(tmp_path):
 
 def test_too_small_test_set_is_said_plainly(tmp_path):
     config, results = make_results_tree(tmp_path, n_test=6, ablations=("bsrnn", "abl1"))
-    context = render.significance_context(collect.load_results(results, load_config(config)))
+    context = render.significance_context(load_results(results, load_config(config)))
     assert context["small"].startswith("The test set is too small for any conclusion: 6")
     assert [r["verdict"] for r in context["rows"]] == [   # abl1's PESQ failed on one of them
         "too few paired utterances for a conclusion (5 < 10)",
@@ -366,8 +439,8 @@ def _set_metric(results: Path, system: str, metric: str, values: np.ndarray) -> 
 
 
 def _step_table(config: Path, results: Path) -> tuple[list, steps.StepTable]:
-    res = collect.load_results(results, load_config(config))
-    rows = collect.headline(res)
+    res = load_results(results, load_config(config))
+    rows = headline(res)
     return rows, steps.step_table(res, rows)
 
 
@@ -385,7 +458,7 @@ def test_steps_against_scipy_with_and_without_an_effect(tmp_path):
     _, table = _step_table(config, results)
     assert [(s.parent, s.child) for s in table.steps] == [
         ("bsrnn", "abl1"), ("bsrnn", "optimized"), ("optimized", "optimized_as_coded")]
-    cells = [s.metrics[m] for s in table.steps for m in METRICS]
+    cells = [s.metrics[m] for s in table.steps for m in METRIC_SPECS]
     assert table.tests == 24                                       # 3 steps x 8 metrics
     assert [c.p_holm for c in cells] == pytest.approx(stats.holm([c.utterances.p
                                                                   for c in cells]))
@@ -406,7 +479,8 @@ def test_steps_against_scipy_with_and_without_an_effect(tmp_path):
     assert found.utterances.mean_diff == pytest.approx(0.8, abs=0.35)
     assert nothing.detectable == pytest.approx(t_sum / math.sqrt(n * 3 / math.pi), rel=0.15)
     cell = step_views.metric_cell("si_sdr", nothing)
-    assert cell.cls == "" and cell.sub[-1] == (
+    assert cell.cls == ""
+    assert cell.sub[-1] == (
         f"no difference detected; the test set can detect ≥ {nothing.detectable:.2f} dB")
     assert step_views.metric_cell("si_sdr", found).cls == "gain"
     detect = steps.detectable_table(table)["si_sdr"]
@@ -421,7 +495,7 @@ def test_without_parents_every_ablation_steps_from_the_baseline(tmp_path):
                                         lineage=False)
     _, table = _step_table(config, results)
     assert [(s.parent, s.child) for s in table.steps] == [("bsrnn", "abl1"), ("bsrnn", "abl2")]
-    against_baseline = collect.significance(collect.load_results(results, load_config(config)))
+    against_baseline = significance(load_results(results, load_config(config)))
     assert [r.result.p for r in against_baseline] == [
         table.steps[i].metrics[m].utterances.p for i in (0, 1) for m in ("pesq_wb", "si_sdr")]
     assert all(math.isfinite(r.detectable) for r in against_baseline)
@@ -431,9 +505,10 @@ def test_without_parents_every_ablation_steps_from_the_baseline(tmp_path):
 def test_one_ablation_has_no_steps(tmp_path):
     config, results = make_results_tree(tmp_path, ablations=("bsrnn",))
     rows, table = _step_table(config, results)
-    assert isinstance(table, Missing) and "no ablation has a parent" in table.reason
+    assert isinstance(table, Missing)
+    assert "no ablation has a parent" in table.reason
     assert "## What each change buys\n\nmissing: no ablation has a parent" in \
-        render.summary_markdown(rows, table, {})
+        summary_markdown(rows, table, {})
 
 
 def test_several_seeds_are_paired_over_seeds_too(tmp_path):
@@ -442,15 +517,17 @@ def test_several_seeds_are_paired_over_seeds_too(tmp_path):
     cell = table.steps[0].metrics["stoi"]
     per_seed = [(_read_metrics(results, "abl1", s)["stoi"]
                  - _read_metrics(results, "bsrnn", s)["stoi"]).mean() for s in (0, 1, 2)]
-    assert cell.seeds.n == 3 and cell.seeds.mean_diff == pytest.approx(np.mean(per_seed))
+    assert cell.seeds.n == 3
+    assert cell.seeds.mean_diff == pytest.approx(np.mean(per_seed))
     assert cell.seeds.ci95 == pytest.approx(stats.mean_ci(per_seed).ci95)
     assert cell.seeds.note == "too few paired seeds for a conclusion (3 < 10)"
     assert math.isnan(cell.seeds_p_holm)
     assert step_views.metric_cell("stoi", cell).sub[-1] == (
         f"over 3 seeds: {cell.seeds.mean_diff:+.3f} ± {cell.seeds.ci95:.3f}")
-    frame = render.summary_frame(rows, table).set_index("system")
+    frame = summary_frame(rows, table).set_index("system")
     assert frame.loc["abl1", "step_stoi_seeds"] == pytest.approx(np.mean(per_seed))
-    assert frame.loc["abl1", "parent"] == "bsrnn" and frame.loc["bsrnn", "parent"] == ""
+    assert frame.loc["abl1", "parent"] == "bsrnn"
+    assert frame.loc["bsrnn", "parent"] == ""
     assert math.isnan(frame.loc["bsrnn", "step_stoi"])
 
 
@@ -463,7 +540,7 @@ def test_step_table_in_the_report(report):
                                       "d_state 4)")
     assert rows["abl2 → abl3"][0] == "decoder: uniform → adaptive"
     assert rows["bsrnn → abl1"][0].startswith("channels: 8 → 16")
-    params = 1 + len(METRICS)
+    params = 1 + len(METRIC_SPECS)
     assert rows["bsrnn → abl1"][params] == "+200.00 k×1.08"
     assert rows["abl1 → abl2"][params] == "-20.00 k×0.99"      # abl2's from train_summary.json
     assert rows["abl1 → abl2"][params + 1] == "missing: abl2: not profiled"
@@ -473,29 +550,34 @@ def test_step_table_in_the_report(report):
     assert rows["bsrnn → abl1"][1].startswith("+0.")                # PESQ, significant
     assert '<td class="gain" title="n = 11 paired utterances' in html
     assert "<b>bsrnn → abl1 → abl2 → abl3</b>; <b>bsrnn → abl1 → abl2 → optimized</b>" in html
-    assert [r[0] for r in tables["detectable-table"]] == list(METRICS.values())
+    assert [r[0] for r in tables["detectable-table"]] == [
+        spec.label for spec in METRIC_SPECS.values()]
     md = (report.parent / "summary.md").read_text()
-    assert "\n## What each change buys\n" in md and "\n## What the test set can detect\n" in md
+    assert "\n## What each change buys\n" in md
+    assert "\n## What the test set can detect\n" in md
     assert "| abl1 → abl2 | stages[0].blocks[1]: added mamba band (bidirectional, d_state 4) |" \
         in md
     tsv = pd.read_csv(report.parent / "summary.tsv", sep="\t").set_index("system")
-    assert tsv.loc["abl1", "parent"] == "bsrnn" and tsv.loc["abl1", "step_params"] == 200_000
+    assert tsv.loc["abl1", "parent"] == "bsrnn"
+    assert tsv.loc["abl1", "step_params"] == 200_000
     assert tsv.loc["abl3", "step_missing"].startswith(
         "pesq_wb,csig,cbak,covl,ssnr,stoi,estoi,si_sdr: abl3: training did not finish")
 
 
 def test_several_seeds_show_the_spread(tmp_path):
     config, results = make_results_tree(tmp_path, seeds=(0, 1), ablations=("bsrnn", "abl1"))
-    rows = collect.headline(collect.load_results(results, load_config(config)))
+    rows = headline(load_results(results, load_config(config)))
     per_seed = [pd.read_csv(results / "bsrnn" / f"seed{s}" / "eval" / "metrics.tsv",
                             sep="\t")["stoi"].mean() for s in (0, 1)]
     est = rows[1].metrics["stoi"]
-    assert est.seeds == 2 and est.mean == pytest.approx(np.mean(per_seed))
+    assert est.seeds == 2
+    assert est.mean == pytest.approx(np.mean(per_seed))
     assert est.seed_sd == pytest.approx(np.std(per_seed, ddof=1))
     assert rows[1].costs["train_wall_seconds"] == 3775.0            # mean of 3725 and 3825
     cells = render.headline_cells(rows[1])
-    assert cells[5].text == f"{est.mean:.3f}" and cells[5].sub[1] == f"sd {est.seed_sd:.3f}"
-    tsv = render.summary_frame(rows).set_index("system")
+    assert cells[5].text == f"{est.mean:.3f}"
+    assert cells[5].sub[1] == f"sd {est.seed_sd:.3f}"
+    tsv = summary_frame(rows).set_index("system")
     assert tsv.loc["bsrnn", "stoi_seed_sd"] == pytest.approx(est.seed_sd)
 
 
@@ -510,7 +592,7 @@ def test_example_is_complete_without_saved_wavs(tmp_path):
     eval/example/, which every evaluation writes."""
     config, results = make_results_tree(tmp_path, ablations=("bsrnn", "abl1"), seeds=(0, 1))
     assert load_config(config)["evaluation"]["save_wavs"] is False
-    example = collect.example_audio(collect.load_results(results, load_config(config)))
+    example = example_audio(load_results(results, load_config(config)))
     assert example.utt_id == "test_002"                           # the first test utterance
     assert list(example.signals) == ["clean", "noisy", "bsrnn", "abl1"]
     assert example.signals["clean"].shape == (6400,)
@@ -524,7 +606,7 @@ def test_example_from_an_older_tree(tmp_path):
     player that names the file and how to get it."""
     config, results = make_results_tree(tmp_path / "wavs", ablations=("bsrnn",),
                                         examples=False, save_wavs=True)
-    example = collect.example_audio(collect.load_results(results, load_config(config)))
+    example = example_audio(load_results(results, load_config(config)))
     np.testing.assert_array_equal(example.signals["bsrnn"], _wav_samples(
         results / "bsrnn" / "seed0" / "eval" / "wavs" / "test_002.wav"))
 
@@ -533,7 +615,7 @@ def test_example_from_an_older_tree(tmp_path):
     log = results / "logs" / "evaluate" / "bsrnn_seed0.log"
     log.parent.mkdir(parents=True)
     log.write_text("bsrnn: 12 utterances on cpu\n")
-    example = collect.example_audio(collect.load_results(results, load_config(config)))
+    example = example_audio(load_results(results, load_config(config)))
     missing = example.signals["bsrnn"]
     assert str(missing) == "missing: no bsrnn/seed0/eval/example/test_002.wav"
     assert missing.full == ("no bsrnn/seed0/eval/example/test_002.wav (mbsnet evaluate writes "
@@ -546,13 +628,13 @@ def test_configured_example_utterance(tmp_path):
     config, results = make_results_tree(tmp_path, ablations=("bsrnn",), save_wavs=True)
     cfg = load_config(config)
     cfg["report"]["example_utterance"] = "test_003"
-    example = collect.example_audio(collect.load_results(results, cfg))
+    example = example_audio(load_results(results, cfg))
     assert example.utt_id == "test_003"
     np.testing.assert_array_equal(example.signals["bsrnn"], _wav_samples(   # not in example/
         results / "bsrnn" / "seed0" / "eval" / "wavs" / "test_003.wav"))
     for bad in ("train_000", "nope"):
         cfg["report"]["example_utterance"] = bad
-        example = collect.example_audio(collect.load_results(results, cfg))
+        example = example_audio(load_results(results, cfg))
         assert str(example.utt_id) == (f"missing: report.example_utterance '{bad}' is not a "
                                        "test utterance in data/manifest.tsv (e.g. 'test_002')")
         assert example.signals == {}
@@ -579,7 +661,7 @@ def test_evaluate_keeps_the_example_the_report_shows(tmp_path):
         cfg["report"]["example_utterance"] = wanted
         evaluate(results / "data" / "manifest.tsv", eval_dir, model=_Identity(), system="bsrnn",
                  examples=None if wanted is None else [wanted], progress=False)
-        example = collect.example_audio(collect.load_results(results, cfg))
+        example = example_audio(load_results(results, cfg))
         expected = "test_002" if wanted is None else wanted
         assert example.utt_id == expected
         assert sorted(p.name for p in (eval_dir / "example").iterdir()) == [f"{expected}.wav"]
@@ -594,7 +676,7 @@ def test_every_example_signal_has_a_player_and_a_spectrogram(tmp_path, monkeypat
     drawn = []
     monkeypatch.setattr(render.figures, "figure_uri",
                         lambda fig, fmt="svg": drawn.append(fig) or "data:,")
-    context = render._example_context(collect.load_results(results, load_config(config)))
+    context = render._example_context(load_results(results, load_config(config)))
     assert [(p["label"], p["uri"].startswith("data:audio/wav;base64,"), p["missing"])
             for p in context["players"]] == [
         ("clean", True, ""), ("noisy", True, ""), ("bsrnn", True, ""), ("abl1", True, ""),
@@ -607,15 +689,16 @@ def test_every_example_signal_has_a_player_and_a_spectrogram(tmp_path, monkeypat
 
 def test_noise_table_and_training_curves(tmp_path):
     config, results = make_results_tree(tmp_path, ablations=("bsrnn", "abl1"))
-    res = collect.load_results(results, load_config(config))
-    table = collect.noise_table(res, "pesq_wb")
+    res = load_results(results, load_config(config))
+    table = noise_table(res, "pesq_wb")
     metrics = pd.read_csv(results / "bsrnn" / "seed0" / "eval" / "metrics.tsv", sep="\t")
     assert list(table.columns) == ["n", "noisy", "bsrnn", "abl1"]
     assert table.loc["car", "n"] == 4
     assert table.loc["car", "bsrnn"] == pytest.approx(
         metrics.loc[metrics["noise"] == "car", "pesq_wb"].mean())
-    curves = collect.training_curves(res)
-    assert list(curves) == ["bsrnn", "abl1"] and list(curves["abl1"][0]["epoch"]) == [1, 2, 3]
+    curves = training_curves(res)
+    assert list(curves) == ["bsrnn", "abl1"]
+    assert list(curves["abl1"][0]["epoch"]) == [1, 2, 3]
 
 
 def test_bad_inputs_are_user_errors(tmp_path, capsys):
@@ -793,7 +876,8 @@ def test_page_in_headless_chromium(report, tmp_path, chromium):
     values, problems = load_in_chromium(report, tmp_path, screenshot)
     assert problems == []
     assert values["headline"] == len(ALL) + 1
-    assert values["steps"] == 4 and values["detectable"] == len(METRICS)
+    assert values["steps"] == 4
+    assert values["detectable"] == len(METRIC_SPECS)
     assert values["steps_figure"] > 500
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert screenshot.stat().st_size > 20_000
@@ -810,7 +894,9 @@ def test_chromium_check_catches_errors_and_network(tmp_path, chromium):
                     '<img src="http://127.0.0.1:9/x.png">'
                     '<script>console.error("boom"); throw new Error("kaboom")</script>')
     values, problems = load_in_chromium(page, tmp_path, tmp_path / "bad.png")
-    assert values["headline"] == 1 and values["steps"] == 0 and values["steps_figure"] == 0
+    assert values["headline"] == 1
+    assert values["steps"] == 0
+    assert values["steps_figure"] == 0
     assert any("kaboom" in p for p in problems)
     assert any(p.startswith("console.error") for p in problems)
     assert any("127.0.0.1:9" in p for p in problems)
@@ -821,8 +907,8 @@ def test_ablation_without_a_claim_has_empty_claim_cells(tmp_path):
     config = yaml.safe_load(config_path.read_text())
     config["ablations"]["abl1"]["claimed_params"] = None
     config_path.write_text(yaml.safe_dump(config))
-    res = collect.load_results(results, load_config(config_path))
-    rows = {row.system: row for row in collect.headline(res)}
+    res = load_results(results, load_config(config_path))
+    rows = {row.system: row for row in headline(res)}
     assert rows["abl1"].costs["claimed_params"] is None
     assert rows["abl1"].costs["params_ratio"] is None
     assert rows["bsrnn"].costs["params_ratio"] == pytest.approx(2_410_000 / 2_400_000)

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import types
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -28,7 +27,8 @@ from mbsnet.models.scan import chunked as scan_chunked
 from mbsnet.models.scan import modes as scan_modes
 from mbsnet.models.scan import parallel as scan_parallel
 
-ROOT = Path(__file__).resolve().parents[1]
+from .helpers import ROOT
+
 NAMES = ("x", "delta", "A", "B", "C", "D")
 FUNCTIONS = {"chunked": ChunkedScan, "parallel": ParallelScan}
 
@@ -94,11 +94,13 @@ def forward_and_grads(fn, inputs, seed=1):
 def assert_matches_reference(fn, inputs, mode, rtol=1e-5):
     y, grads = forward_and_grads(fn, inputs)
     y_ref, grads_ref = forward_and_grads(lambda *t: selective_scan_reference(*t, mode=mode), inputs)
-    assert y.dtype == torch.float32 and y.shape == inputs[0].shape
+    assert y.dtype == torch.float32
+    assert y.shape == inputs[0].shape
     assert_rel_close(y, y_ref, rtol, what="y")
-    for name, g, g_ref in zip(NAMES, grads, grads_ref):
+    for name, g, g_ref in zip(NAMES, grads, grads_ref, strict=True):
         if mode == "as_coded" and name == "D":
-            assert g is None and g_ref is None  # D is unused as coded
+            assert g is None
+            assert g_ref is None
             continue
         assert g.shape == g_ref.shape
         assert_rel_close(g, g_ref, rtol, what=f"d{name}")
@@ -216,7 +218,8 @@ def test_parallel_parts_are_few_and_within_workset():
     parts = scan_parallel._parts(186, per_sequence)
     assert len(parts) == math.ceil(186 * per_sequence / scan_parallel.WORKSET) == 2
     assert max(p.stop - p.start for p in parts) * per_sequence <= scan_parallel.WORKSET
-    assert parts[0].start == 0 and parts[-1].stop == 186
+    assert parts[0].start == 0
+    assert parts[-1].stop == 186
 
 
 def test_parallel_as_coded_uses_the_prefix_scan_unless_a_state_leaves_100(monkeypatch):
@@ -252,9 +255,10 @@ def test_as_coded_survives_gradient_checkpointing(monkeypatch, impl):
     y_ckpt, grads_ckpt = forward_and_grads(lambda *t: checkpoint(block, *t, use_reentrant=False),
                                            inputs)
     assert torch.equal(y, y_ckpt)
-    for name, g, g_ckpt in zip(NAMES[:5], grads, grads_ckpt):
+    for name, g, g_ckpt in zip(NAMES[:5], grads[:5], grads_ckpt[:5], strict=True):
         assert torch.equal(g, g_ckpt), name
-    assert grads[5] is None and grads_ckpt[5] is None
+    assert grads[5] is None
+    assert grads_ckpt[5] is None
 
 
 def test_threaded_sub_batches_match_single_thread(monkeypatch):
@@ -271,7 +275,7 @@ def test_threaded_sub_batches_match_single_thread(monkeypatch):
         finally:
             torch.set_num_threads(threads)
         assert torch.equal(single[0], multi[0])
-        for name, a, b in zip(NAMES, single[1], multi[1]):
+        for name, a, b in zip(NAMES, single[1], multi[1], strict=True):
             if a is not None:
                 assert_rel_close(b, a, rtol=1e-6, what=f"{mode} d{name}")
 
@@ -313,7 +317,7 @@ def test_gradcheck_float64_as_coded(monkeypatch, impl):
     inputs = [t.detach() for t in make_clamped_inputs(2, 10, 3, 2, dtype=torch.float64, seed=17)]
     inputs[1] = inputs[1].clamp(max=3.0)  # keep Δ·A off -10
     counts = clamp_counts(*inputs[:5])
-    assert counts["state"] and counts["output"] and counts["input"] and counts["delta"], counts
+    assert all(counts[clamp] for clamp in ("state", "output", "input", "delta")), counts
     inputs = [t.requires_grad_() for t in inputs[:5]] + [inputs[5]]
     assert torch.autograd.gradcheck(scan_fn(impl, "as_coded"), inputs, eps=1e-7, atol=1e-6,
                                     rtol=1e-5)
@@ -399,7 +403,8 @@ def test_unknown_mode_is_refused(call):
 def _kernel_layout_scan(u, delta, A, B, C, D):
     """A stand-in for mamba_ssm's selective_scan_fn in its own layout (B,D,L) / (B,N,L)."""
     batch, dim, length = u.shape
-    assert delta.shape == u.shape and B.shape == C.shape == (batch, A.shape[1], length)
+    assert delta.shape == u.shape
+    assert B.shape == C.shape == (batch, A.shape[1], length)
     h = u.new_zeros(batch, dim, A.shape[1])
     ys = []
     for t in range(length):
@@ -424,7 +429,9 @@ def test_probe_without_mamba_ssm(monkeypatch, fresh_probe):
     monkeypatch.setitem(sys.modules, "mamba_ssm", None)
     fn, reason = scan.mamba_ssm_probe()
     prefix = "mamba_ssm not installed: "  # then the ModuleNotFoundError's message
-    assert fn is None and reason.startswith(prefix) and "mamba_ssm" in reason[len(prefix):]
+    assert fn is None
+    assert reason.startswith(prefix)
+    assert "mamba_ssm" in reason[len(prefix):]
 
 
 def test_probe_without_the_compiled_kernel(monkeypatch, fresh_probe):
@@ -533,7 +540,8 @@ def test_parallel_scan_needs_a_twentieth_of_the_chunked_ops():
     shape = (64, 251, 128, 16)
     chunked = bench.count_ops(bench.scan_function("chunked:exact"), shape)
     parallel = bench.count_ops(bench.scan_function("parallel:exact"), shape)
-    assert min(chunked) > 0 and min(parallel) > 0
+    assert min(chunked) > 0
+    assert min(parallel) > 0
     assert sum(parallel) * 20 <= sum(chunked), (chunked, parallel)
 
 
@@ -551,7 +559,7 @@ def test_parallel_scan_on_cuda_matches_reference(mode):
     cuda = [t.detach().cuda().requires_grad_() for t in inputs]
     y, grads = forward_and_grads(scan_fn("parallel", mode), cuda)
     assert_rel_close(y.cpu(), reference[0], what="y")
-    for name, g, g_ref in zip(NAMES, grads, reference[1]):
+    for name, g, g_ref in zip(NAMES, grads, reference[1], strict=True):
         if g_ref is not None:
             assert_rel_close(g.cpu(), g_ref, rtol=1e-4, what=f"d{name}")
 
@@ -564,7 +572,7 @@ def test_mamba_ssm_kernel_matches_pytorch_scan():
     y, grads = forward_and_grads(selective_scan, inputs)  # the fused kernel
     y_ref, grads_ref = forward_and_grads(scan_fn("parallel", "exact"), inputs)
     assert_rel_close(y, y_ref, rtol=1e-4, what="y")
-    for name, g, g_ref in zip(NAMES, grads, grads_ref):
+    for name, g, g_ref in zip(NAMES, grads, grads_ref, strict=True):
         assert_rel_close(g, g_ref, rtol=1e-4, what=f"d{name}")
 
 
@@ -585,8 +593,10 @@ def test_benchmark_quick_smoke(tmp_path):
     assert len(rows) == len(impls) * 2 * 2 * 2
     for r in rows:
         assert set(r) == {"implementation", "shape", "threads", "mode", "median_ms", "peak_mb"}
-        assert r["median_ms"] > 0 and r["peak_mb"] >= 0
-    assert "mbsnet" in proc.stdout and "median_ms" in proc.stdout
+        assert r["median_ms"] > 0
+        assert r["peak_mb"] >= 0
+    assert "mbsnet" in proc.stdout
+    assert "median_ms" in proc.stdout
 
 
 def test_benchmark_count_ops_quick_smoke(tmp_path):
@@ -599,8 +609,12 @@ def test_benchmark_count_ops_quick_smoke(tmp_path):
     assert [(r["implementation"], r["scan_mode"]) for r in rows[:4]] == [
         ("chunked", "exact"), ("chunked", "as_coded"), ("parallel", "exact"),
         ("parallel", "as_coded")]
-    assert len(rows) == 8 and len({r["shape"] for r in rows}) == 2
+    assert len(rows) == 8
+    assert len({r["shape"] for r in rows}) == 2
     for r in rows:
-        assert r["ops_fwd"] > 0 and r["ops_bwd"] > 0 and r["cpu_fwd_bwd_ms"] > 0
-        assert r["cpu_shape"] == r["shape"] and r["cpu_peak_mb"] >= 0
+        assert r["ops_fwd"] > 0
+        assert r["ops_bwd"] > 0
+        assert r["cpu_fwd_bwd_ms"] > 0
+        assert r["cpu_shape"] == r["shape"]
+        assert r["cpu_peak_mb"] >= 0
     assert "ops vs chunked" in proc.stdout

@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,12 +24,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from .helpers import BIN, ROOT, TINY_CONFIG
+
 HARNESS = ROOT / "tests" / "slurm"
 PROFILE = ROOT / "slurm"
 OVERLAY = HARNESS / "overlay"
-TINY = ROOT / "tests" / "configs" / "tiny.yaml"
 SNAKEFILE = ROOT / "Snakefile"
 SNAKEMAKE_TIMEOUT = 900  # seconds; a hung status loop must not hang CI
 
@@ -42,6 +40,8 @@ GPU_RULES = ("profile", "train", "evaluate")
 # CPUs of a training and its profile: resources.threads 1 + training.pesq_workers 1 +
 # training.data_workers 0 (the node has 2 CPUs).
 TRAINING_CPUS = 2
+# CPUs of an evaluation: resources.threads 1 + evaluation.workers 1 (tiny.yaml)
+EVALUATION_CPUS = 2
 
 
 def skip_reason() -> str | None:
@@ -52,7 +52,7 @@ def skip_reason() -> str | None:
         return "needs Debian: the cluster comes from Debian's munge/slurm/mariadb packages"
     if not shutil.which("slurmctld") and not shutil.which("apt-get"):
         return "SLURM packages are not installed and apt-get is not available"
-    missing = [str(p.relative_to(ROOT)) for p in (SNAKEFILE, TINY) if not p.exists()]
+    missing = [str(p.relative_to(ROOT)) for p in (SNAKEFILE, TINY_CONFIG) if not p.exists()]
     if missing:
         return f"the workflow is missing: {', '.join(missing)}"
     return None
@@ -184,9 +184,10 @@ def sbatch_calls(snakemake_output: str) -> dict[str, list[str]]:
 
 def tiny_config() -> dict:
     """The tiny config, its training sized to the test node's 2 CPUs (TRAINING_CPUS)."""
-    config = yaml.safe_load(TINY.read_text())
+    config = yaml.safe_load(TINY_CONFIG.read_text())
     config["training"]["data_workers"] = 0
     assert config["resources"]["threads"] + config["training"]["pesq_workers"] == TRAINING_CPUS
+    assert config["resources"]["threads"] + config["evaluation"]["workers"] == EVALUATION_CPUS
     return config
 
 
@@ -228,13 +229,16 @@ def test_every_rule_runs_as_a_slurm_job(tiny_run):
             assert f" --cpus-per-task={TRAINING_CPUS} " in call, call
             assert f"cpu={TRAINING_CPUS}" in job.alloc_tres
             assert " --mem 2000 " in call
+        elif job.rule in ("evaluate", "evaluate_noisy"):
+            assert f" --cpus-per-task={EVALUATION_CPUS} " in call, call
         else:
             assert " --cpus-per-task=1 " in call, call       # resources.threads
             assert " --mem 1000 " in call                    # the overlay's default
         # time limit: training's from the config (resources.train_runtime_min), else the
         # overlay's default
         assert (" -t 15 " if job.rule == "train" else " -t 10 ") in call
-        assert " -A ci " in call and " -p local " in call
+        assert " -A ci " in call
+        assert " -p local " in call
 
     # Each job's SLURM log is kept under results/logs/slurm/, named by its job id, and the
     # submission lines name the same ids.
@@ -310,13 +314,17 @@ def test_cancelled_training_is_resubmitted_and_resumes(tiny_run):
     resumes = [i for i, line in enumerate(lines) if line["kind"] == "resume"]
     assert len(resumes) == 1, lines
     resume = lines[resumes[0]]
-    assert resume["step"] > 0 and Path(resume["from"]).name == "last.pt"
+    assert resume["step"] > 0
+    assert Path(resume["from"]).name == "last.pt"
     steps_after = [line["step"] for line in lines[resumes[0]:] if line["kind"] == "step"]
-    assert steps_after and min(steps_after) > resume["step"]
+    assert steps_after
+    assert min(steps_after) > resume["step"]
     epochs = [line["epoch"] for line in lines if line["kind"] == "epoch"]
-    assert sorted(set(epochs)) == epochs and len(epochs) == 4
+    assert sorted(set(epochs)) == epochs
+    assert len(epochs) == 4
     summary = json.loads((run_dir / "train_summary.json").read_text())
-    assert summary["resumed"] == 1 and summary["epochs"] == 4
+    assert summary["resumed"] == 1
+    assert summary["epochs"] == 4
 
 
 def test_a_two_process_training_runs_as_one_job_of_two_tasks_and_gpus(tiny_run):
@@ -337,8 +345,10 @@ def test_a_two_process_training_runs_as_one_job_of_two_tasks_and_gpus(tiny_run):
         output = finish(proc, log)
 
     (job,) = [j for j in wait_for_accounting(run_id(output), 2) if j.rule == "train"]
-    assert job.state == "COMPLETED" and job.wildcards == "bsrnn_ddp_0"
-    assert "gres/gpu=2" in job.alloc_tres and "cpu=2" in job.alloc_tres
+    assert job.state == "COMPLETED"
+    assert job.wildcards == "bsrnn_ddp_0"
+    assert "gres/gpu=2" in job.alloc_tres
+    assert "cpu=2" in job.alloc_tres
     (call,) = sbatch_calls(output)["rule_train_wildcards_bsrnn_ddp_0"]
     for flag in (" --gpus=2", " --ntasks=2 ", " --ntasks-per-gpu=1 ", " --cpus-per-task=1 ",
                  " --mem 4000 "):
@@ -357,7 +367,8 @@ def test_a_two_process_training_runs_as_one_job_of_two_tasks_and_gpus(tiny_run):
     summary = json.loads((run_dir / "train_summary.json").read_text())
     assert (summary["processes"], summary["process_devices"], summary["batch_size"],
             summary["micro_batch"]) == (2, ["cpu", "cpu"], 2, 1)
-    assert summary["steps"] == 4 and summary["utterances_per_second"] > 0
+    assert summary["steps"] == 4
+    assert summary["utterances_per_second"] > 0
     train_log = (workdir / "results" / "logs" / "train" / "bsrnn_ddp_seed0.log").read_text()
     assert "training bsrnn_ddp seed 0 on 2 processes (cpu)" in train_log
     assert train_log.count("done: 4 steps") == 1          # rank 0 alone reports

@@ -28,7 +28,8 @@ from mbsnet.watch import (
     headline,
 )
 
-BIN = Path(sys.executable).parent
+from .helpers import BIN
+
 T0 = 1_800_000_000.0
 
 
@@ -440,7 +441,8 @@ def test_a_snakemake_run_through_the_watcher(tmp_path):
     result = run_watch(work)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout.splitlines()
-    assert out[0].startswith("Running ") and out[0].endswith(
+    assert out[0].startswith("Running ")
+    assert out[0].endswith(
         "its whole output: results/logs/snakemake.log")
     # the view, printed every 0.3 s, while the fake training waits after its first step
     assert re.search(r"^  train abl1 seed0: epoch 1/2 step 1/2, ETA 0:0[0-2]$",
@@ -451,10 +453,12 @@ def test_a_snakemake_run_through_the_watcher(tmp_path):
     table = out.index("Report: results/report.html")
     assert out[table + 2:table + 4] == ["System  SI-SDR", "abl1    9.5 ± 1.0"]
     assert out[-1].startswith("Finished: 2/2 jobs in ")
-    assert "localrule" not in result.stdout and "jobid" not in result.stdout
+    assert "localrule" not in result.stdout
+    assert "jobid" not in result.stdout
     assert result.stderr == ""
     full = (work / "results" / "logs" / "snakemake.log").read_text()
-    assert "localrule train:" in full and "2 of 2 steps (100%) done" in full
+    assert "localrule train:" in full
+    assert "2 of 2 steps (100%) done" in full
 
 
 def test_a_failed_run_shows_the_error_and_keeps_the_exit_status(tmp_path):
@@ -554,7 +558,7 @@ def test_no_command_is_a_one_line_error(capsys):
         "mbsnet watch: error: no command to run: mbsnet watch -- snakemake --cores 4 report\n")
 
 
-@pytest.mark.parametrize("seconds, text", [(0, "0:00"), (59.6, "1:00"), (3599, "59:59"),
+@pytest.mark.parametrize(("seconds", "text"), [(0, "0:00"), (59.6, "1:00"), (3599, "59:59"),
                                            (3600, "1:00:00"), (-5, "0:00")])
 def test_clock_text(seconds, text):
     assert watch.clock_text(seconds) == text

@@ -52,7 +52,8 @@ def test_read_16k_mono_averages_channels_and_resamples(tmp_path):
     tone = 0.5 * np.sin(2 * np.pi * 440 * t)
     sf.write(tmp_path / "in.wav", np.stack([tone, 0.2 * tone], axis=1), 44100, subtype="FLOAT")
     out = read_16k_mono(tmp_path / "in.wav")
-    assert out.dtype == np.float32 and out.shape == (16000,)
+    assert out.dtype == np.float32
+    assert out.shape == (16000,)
     expected = 0.3 * np.sin(2 * np.pi * 440 * np.arange(16000) / 16000)
     assert np.max(np.abs(out[200:-200] - expected[200:-200])) < 1e-3
     assert read_16k_mono(tmp_path / "in.wav", dtype="float64").dtype == np.float64
@@ -76,8 +77,11 @@ def test_write_wav_16k_clips_and_leaves_no_temporary_file(tmp_path):
     path = tmp_path / "out.wav"
     write_wav_16k(path, np.array([0.0, 0.5, 2.0, -3.0], dtype=np.float32))
     data, rate = read_audio(path, dtype="int16")
-    assert rate == SAMPLE_RATE and sf.info(path).subtype == "PCM_16"
-    assert data[0] == 0 and data[2] == 32767 and data[3] == -32768
+    assert rate == SAMPLE_RATE
+    assert sf.info(path).subtype == "PCM_16"
+    assert data[0] == 0
+    assert data[2] == 32767
+    assert data[3] == -32768
     assert abs(data[1] - 16384) <= 1
     assert [p.name for p in tmp_path.iterdir()] == ["out.wav"]
 

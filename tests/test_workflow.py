@@ -2,62 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "tests" / "configs" / "tiny.yaml"
-BIN = Path(sys.executable).parent
+from mbsnet import layout
 
-
-def snakemake(workdir: Path, *args: str, config: Path | None = None, timeout: int = 900):
-    """Run the project's Snakefile in `workdir` (so results/ lands there)."""
-    cmd = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "-d", str(workdir)]
-    if config is not None:
-        cmd += ["--configfile", str(config)]
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
-    return subprocess.run(cmd + list(args), capture_output=True, text=True, env=env,
-                          timeout=timeout, cwd=workdir)
-
-
-def write_config(path: Path, config: dict) -> Path:
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
-
-
-def planned_jobs(stdout: str) -> dict[str, int]:
-    """The 'Job stats' table of a dry run as {rule: count}."""
-    table = stdout.split("Job stats:")[-1]
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)
-            if m.group(1) != "total"}
-
-
-def planned_rules(stdout: str) -> list[dict]:
-    """Each job of a dry run (with -p): rule, wildcards, threads, resources, shell command."""
-    jobs = []
-    for block in re.split(r"\n\s*\n", stdout):
-        rule = re.search(r"^(?:local)?rule (\w+):$", block, re.M)
-        if not rule:
-            continue
-        fields = dict(re.findall(r"^\s+(\w+): (.*)$", block, re.M))
-        shell = re.search(r"^Shell command: (.*)$", block, re.M)
-
-        def pairs(text: str) -> dict[str, str]:
-            return dict(item.split("=", 1) for item in text.split(", ")) if text else {}
-
-        jobs.append({"rule": rule.group(1), "wildcards": pairs(fields.get("wildcards", "")),
-                     "threads": int(fields.get("threads", 1)),
-                     "resources": pairs(fields.get("resources", "")),
-                     "shell": shell.group(1) if shell else ""})
-    return jobs
+from .fake_voicebank import make_fake_voicebank
+from .helpers import BIN, ROOT, TINY_CONFIG
+from .snakemake_runs import planned_jobs, planned_rules, snakemake, write_config
 
 
 def test_dry_run_default_config_plans_every_ablation(tmp_path):
@@ -72,10 +30,9 @@ def test_dry_run_default_config_plans_every_ablation(tmp_path):
 
 
 def test_dry_run_voicebank_config(tmp_path):
-    fake_voicebank = pytest.importorskip("tests.fake_voicebank")
     root = tmp_path / "vbd"
-    fake_voicebank.make_fake_voicebank(root, layout="official")
-    config = yaml.safe_load(TINY.read_text())
+    make_fake_voicebank(root, layout="official")
+    config = yaml.safe_load(TINY_CONFIG.read_text())
     config["data"] = {"source": "voicebank", "root": str(root), "valid_speakers": 1}
     path = write_config(tmp_path / "vb.yaml", config)
     result = snakemake(tmp_path, "-n", config=path)
@@ -91,7 +48,7 @@ def test_lint_is_clean():
 
 
 @pytest.mark.parametrize(
-    "edit, key",
+    ("edit", "key"),
     [
         (lambda c: c["training"].update(epochz=3), "epochz"),
         (lambda c: c["ablations"]["mamba"]["model"]["stages"][0]["blocks"][0].update(type="gru"),
@@ -102,7 +59,7 @@ def test_lint_is_clean():
     ids=["typo", "unknown-block-type", "missing-key", "unknown-source"],
 )
 def test_bad_config_fails_before_any_job(tmp_path, edit, key):
-    config = yaml.safe_load(TINY.read_text())
+    config = yaml.safe_load(TINY_CONFIG.read_text())
     edit(config)
     result = snakemake(tmp_path, "--cores", "1", config=write_config(tmp_path / "bad.yaml", config))
     assert result.returncode != 0
@@ -110,7 +67,6 @@ def test_bad_config_fails_before_any_job(tmp_path, edit, key):
     assert not (tmp_path / "results" / "data").exists()
 
 
-@pytest.mark.slow
 def documented_tree() -> str:
     """The results tree drawn at the top of docs/results.md."""
     text = (ROOT / "docs" / "results.md").read_text()
@@ -149,10 +105,11 @@ def assert_documented(results: Path, config: dict) -> None:
     assert not missing, f"not in docs/results.md's tree: {sorted(missing)}"
 
 
+@pytest.mark.slow
 def test_tiny_pipeline_end_to_end(tmp_path):
     work = tmp_path / "run"
     work.mkdir()
-    config_path = shutil.copy(TINY, work / "tiny.yaml")
+    config_path = shutil.copy(TINY_CONFIG, work / "tiny.yaml")
     result = snakemake(work, "--cores", "2", "report", config=config_path)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "Report: results/report.html" in result.stdout  # the onsuccess headline
@@ -160,10 +117,11 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     for name in ("bsrnn", "mamba", "noisy"):
         assert name in html
     summary = (work / "results" / "summary.tsv").read_text()
-    assert "bsrnn" in summary and "mamba" in summary
+    assert "bsrnn" in summary
+    assert "mamba" in summary
     for rule_log in ("prepare_data.log", "report.log"):
         assert (work / "results" / "logs" / rule_log).exists()
-    assert_documented(work / "results", yaml.safe_load(TINY.read_text()))
+    assert_documented(work / "results", yaml.safe_load(TINY_CONFIG.read_text()))
 
     again = snakemake(work, "--cores", "2", "report", config=config_path)
     assert again.returncode == 0
@@ -183,7 +141,7 @@ def test_tiny_pipeline_end_to_end(tmp_path):
         assert words in text or words.replace("&#x27;", "'") in text, words
 
     # Changing one ablation's settings reruns that ablation and the report only.
-    config = yaml.safe_load(TINY.read_text())
+    config = yaml.safe_load(TINY_CONFIG.read_text())
     config["training"]["lr"] = 1e-3  # unchanged global value: no effect
     config["ablations"]["mamba"]["model"]["channels"] = 12
     changed = write_config(work / "tiny.yaml", config)
@@ -192,13 +150,30 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     assert planned_jobs(plan.stdout) == {"profile": 1, "train": 1, "evaluate": 1, "report": 1}
 
 
+def test_every_planned_file_is_a_path_of_the_layout(tmp_path):
+    """Each job's outputs, log and benchmark are mbsnet.layout's paths under results/."""
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    result = snakemake(tmp_path, "-n", "-p", "--cores", "4", config=TINY_CONFIG)
+    assert result.returncode == 0, result.stderr
+    names = [{"ablation": a, "seed": s} for a in config["ablations"] for s in config["seeds"]]
+    known = {f"{layout.RESULTS}/{layout.fill(pattern, **{k: w[k] for k in needed})}"
+             for pattern in layout.patterns().values()
+             if (needed := layout.placeholders(pattern)) <= {"ablation", "seed"}
+             for w in names}
+    planned = [name for field in re.findall(r"^\s+(?:output|log|benchmark): (.*)$",
+                                            result.stdout, re.M)
+               for name in field.split(", ")]
+    assert len(planned) > 20
+    assert [name for name in planned if name not in known] == []
+
+
 # --------------------------------------------------------------------------- GPUs and CPUs
 
 def test_gpu_and_cpu_requests_follow_each_ablations_training_device(tmp_path):
     """Training, its profile and its evaluation ask for a GPU unless the ablation trains on
     the CPU; on SLURM the training and its profile get CPUs for the trainer's threads, PESQ
     workers and data workers, while the rule's local threads stay resources.threads."""
-    config = yaml.safe_load(TINY.read_text())
+    config = yaml.safe_load(TINY_CONFIG.read_text())
     config["training"].update(pesq_workers=1, data_workers=3)
     config["resources"]["threads"] = 2
     config["ablations"]["mamba"]["training"] = {"device": "cpu", "pesq_workers": 0}
@@ -222,13 +197,15 @@ def test_gpu_and_cpu_requests_follow_each_ablations_training_device(tmp_path):
             assert jobs[rule, ablation]["resources"]["cpus_per_task"] == cpus
             assert jobs[rule, ablation]["resources"]["mem_mb"] == "2000"   # train_mem_mb
         assert f" --device {device} " in jobs["evaluate", ablation]["shell"]
-        assert "cpus_per_task" not in jobs["evaluate", ablation]["resources"]
+        # on SLURM an evaluation gets CPUs for its threads and its scoring workers
+        assert jobs["evaluate", ablation]["resources"]["cpus_per_task"] == str(
+            2 + config["evaluation"]["workers"])
     for rule in ("prepare_data", "evaluate_noisy", "report"):
         assert "gpu" not in jobs[rule, None]["resources"], rule
 
 
 def test_a_training_without_worker_processes_holds_only_its_threads(tmp_path):
-    config = yaml.safe_load(TINY.read_text())
+    config = yaml.safe_load(TINY_CONFIG.read_text())
     config["training"].update(pesq_workers=0, data_workers=0)
     path = write_config(tmp_path / "no_workers.yaml", config)
     result = snakemake(tmp_path, "-n", "-p", "--cores", "4", config=path)
@@ -258,14 +235,11 @@ def test_make_report_config_runs_that_config_alone(tmp_path):
     """CONFIG replaces config.yaml: the tiny config's two ablations are planned, not the
     default's six on top of them."""
     out = subprocess.run(["make", "-n", "-o", ".venv/.installed", "report",
-                          f"CONFIG={TINY}"], cwd=ROOT, capture_output=True, text=True,
+                          f"CONFIG={TINY_CONFIG}"], cwd=ROOT, capture_output=True, text=True,
                          timeout=60)
     (line,) = [ln for ln in out.stdout.splitlines() if "/snakemake " in ln]
     args = line.split("/snakemake ", 1)[1].split()
-    result = subprocess.run(
-        [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "-n",
-         *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env=dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}"))
+    result = snakemake(tmp_path, "-n", *args, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     assert planned_jobs(result.stdout)["train"] == 2
 
@@ -284,8 +258,10 @@ def readme_commands() -> list[str]:
     for piece in pieces:
         found = re.search(r"(?<![\w./=-])(?:snakemake\s+\S|make report).*$", piece.strip())
         command = " ".join(found.group(0).split()) if found else None
-        # `snakemake --report` packs a finished run: the end-to-end test builds it
-        if command and "--report" not in command.split() and command not in commands:
+        # `snakemake --report` packs a finished run: the end-to-end test builds it;
+        # `snakemake --lint` plans nothing: test_lint_is_clean runs it
+        if command and not {"--report", "--lint"} & set(command.split()) \
+                and command not in commands:
             commands.append(command)
     return commands
 
@@ -318,16 +294,13 @@ def test_readme_command_dry_runs(command, tmp_path):
         data = yaml.safe_load((ROOT / path).read_text()).get("data", {})
         if data.get("source") == "voicebank" and not Path(data.get("root") or "").is_dir():
             extra += ["--config", "data={source: synthetic}"]
-    result = subprocess.run(
-        [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "-n",
-         *args, *extra], cwd=ROOT, capture_output=True, text=True, timeout=900,
-        env=dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}"))
+    result = snakemake(tmp_path, "-n", *args, *extra, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert planned_jobs(result.stdout)["report"] == 1
 
 
 @pytest.mark.parametrize("mode", ["-n", "--lint"])
 def test_parsing_linting_and_dry_runs_write_no_results(tmp_path, mode):
-    result = snakemake(tmp_path, mode, config=shutil.copy(TINY, tmp_path / "tiny.yaml"))
+    result = snakemake(tmp_path, mode, config=shutil.copy(TINY_CONFIG, tmp_path / "tiny.yaml"))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert not (tmp_path / "results").exists()

@@ -5,12 +5,15 @@ eval/example/."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import logging
 
 from ..atomic import check_writable
-from ..device import DEVICE_CHOICES, select_device, set_threads
+from ..device import select_device, set_threads
 from ..errors import UsageError
-from ..evaluate import EXAMPLE_DIR, NOISY, evaluate
+from ..evaluation.evaluate import EXAMPLE_DIR, NOISY, evaluate, evaluate_saved, summary_line
+from . import options
+
+logger = logging.getLogger(__name__)
 
 HELP = "Enhance and score a split of the corpus (or score the noisy input with --noisy)."
 
@@ -31,8 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"OUT/{EXAMPLE_DIR}/UTT_ID.wav, for the report; repeatable "
                              "(default: the split's first utterance, the report's default; "
                              "the workflow passes report.example_utterance when it is set)")
-    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
-                        help="where the model runs (default: auto)")
+    options.add_device(parser, "where the model runs (default: auto)", default="auto")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for enhancement (default: PyTorch's choice)")
 
@@ -50,24 +52,9 @@ def run(args: argparse.Namespace) -> int:
         summary = evaluate(args.data, args.out, system=NOISY, split=args.split,
                            workers=args.workers)
     else:
-        from ..models import load_model
-
-        device = select_device(args.device, key="--device")
-        model, info = load_model(args.model, map_location=device)
-        summary = evaluate(args.data, args.out, model=model, system=info["ablation"],
-                           split=args.split, workers=args.workers, save_wavs=args.save_wavs,
-                           examples=args.example)
-    overall = summary["overall"]
-    failed = sum(summary["failed"].values())
-    where = f" on {summary['device']}" if summary["device"] else ""
-    kept = ", ".join(sorted(p.stem for p in (Path(args.out) / EXAMPLE_DIR).glob("*.wav")))
-    example = "" if args.noisy else f" (example: {kept or 'none kept'})"
-    print(f"{summary['system']}: {summary['n']} utterances{where}, "
-          f"PESQ {_fmt(overall['pesq_wb'])}, "
-          f"STOI {_fmt(overall['stoi'])}, SI-SDR {_fmt(overall['si_sdr'])}"
-          f"{f', {failed} failed metric values' if failed else ''} -> {args.out}{example}")
+        summary = evaluate_saved(args.model, args.data, args.out,
+                                 device=select_device(args.device, key="--device"),
+                                 split=args.split, workers=args.workers,
+                                 save_wavs=args.save_wavs, examples=args.example)
+    logger.info(summary_line(summary, args.out, examples=not args.noisy))
     return 0
-
-
-def _fmt(stats: dict) -> str:
-    return "n/a" if stats["mean"] is None else f"{stats['mean']:.3f}"

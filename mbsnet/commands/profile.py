@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
-from ..device import DEVICE_CHOICES
+from . import options
+
+logger = logging.getLogger(__name__)
 
 HELP = ("Measure one ablation before training (parameters, inference MACs/FLOPs per second, "
         "peak memory and median time of a full training step, inference real-time factor) "
@@ -14,14 +17,12 @@ HELP = ("Measure one ablation before training (parameters, inference MACs/FLOPs 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="config.yaml",
-                        help="config file or the resolved config (default: %(default)s)")
-    parser.add_argument("--ablation", required=True, help="an ablation name from the config")
+    options.add_config(parser)
+    options.add_ablation(parser)
     parser.add_argument("--out", required=True, help="profile.json to write")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads (default: resources.threads of the config)")
-    parser.add_argument("--device", choices=DEVICE_CHOICES, default=None,
-                        help="device to measure on (default: training.device of the ablation)")
+    options.add_device(parser, "device to measure on (default: training.device of the ablation)")
     parser.add_argument("--warmup-steps", type=int, default=1,
                         help="training steps on a batch of one before measuring "
                              "(default: %(default)s)")
@@ -37,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..atomic import check_writable, write_json
     from ..config import ablation_config, load_config
+    from ..console import TO_STDOUT
     from ..device import select_device, set_threads
     from ..errors import UsageError
     from ..profiling import ProfileOptions, check_budget, profile_ablation
@@ -50,12 +52,11 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads if args.threads is not None else config["resources"]["threads"])
     check_writable(Path(args.out).parent)
     device = select_device(args.device or training["device"])
-    profile = profile_ablation(config, args.ablation, device, options,
-                               log=lambda line: print(line, flush=True))
+    profile = profile_ablation(config, args.ablation, device, options, log=logger.info)
     for warning in profile["warnings"]:
-        print(f"[{args.ablation}] warning: {warning}", flush=True)
+        logger.warning(f"[{args.ablation}] warning: {warning}", extra=TO_STDOUT)
     if not args.no_budget_check:
         check_budget(profile)
     write_json(args.out, profile)
-    print(f"[{args.ablation}] wrote {args.out} in {profile['profile_seconds']:.0f} s", flush=True)
+    logger.info(f"[{args.ablation}] wrote {args.out} in {profile['profile_seconds']:.0f} s")
     return 0

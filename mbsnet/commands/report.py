@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from ..config import load_config
 from ..errors import DataError
+from . import options
+
+logger = logging.getLogger(__name__)
 
 HELP = ("Compare the ablations: results/report.html (self-contained), with summary.tsv and "
         "summary.md beside it.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="config.yaml",
-                        help="pipeline config (default: %(default)s)")
+    options.add_config(parser)
     parser.add_argument("--results", default="results", help="results tree (default: %(default)s)")
     parser.add_argument("--out", default=None,
                         help="HTML to write (default: RESULTS/report.html); summary.tsv and "
@@ -32,5 +35,5 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else results / "report.html"
     check_writable(out.parent)
     paths = write_report(config, results, out, project_dir=Path.cwd())
-    print("report: wrote " + ", ".join(str(p) for p in paths))
+    logger.info("report: wrote " + ", ".join(str(p) for p in paths))
     return 0

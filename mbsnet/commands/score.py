@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # The scores are the command's output, not messages about its work: printed even
+    # with -q, so that `mbsnet -q score --json ... | jq` still has its input.
     row = score_pair(args.clean, args.degraded, trim=args.trim)
     note = _trim_note(args.clean, args.degraded) if args.trim else ""
     if args.json:

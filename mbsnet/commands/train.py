@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..device import DEVICE_CHOICES
+from .. import layout
+from . import options
 
 HELP = ("Train one ablation with one seed; a rerun resumes from OUT/checkpoint/last.pt. "
         "Writes OUT/model.pt, OUT/train_log.jsonl and OUT/train_summary.json. With "
@@ -13,18 +14,16 @@ HELP = ("Train one ablation with one seed; a rerun resumes from OUT/checkpoint/l
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="config.yaml",
-                        help="config file or the resolved config (default: %(default)s)")
-    parser.add_argument("--ablation", required=True, help="an ablation name from the config")
+    options.add_config(parser)
+    options.add_ablation(parser)
     parser.add_argument("--seed", type=int, required=True, help="random seed")
     parser.add_argument("--out", required=True, help="run directory, e.g. results/NAME/seed0")
-    parser.add_argument("--data", default="results/data/manifest.tsv",
+    parser.add_argument("--data", default=f"{layout.RESULTS}/{layout.MANIFEST}",
                         help="data manifest (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads (default: resources.threads of the config)")
-    parser.add_argument("--device", choices=DEVICE_CHOICES, default=None,
-                        help="training device (default: training.device of the ablation); "
-                             "a run may resume on another device")
+    options.add_device(parser, "training device (default: training.device of the ablation); "
+                       "a run may resume on another device")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ process: the same list always gives the same samples.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import pickle
 import subprocess
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..console import ROOT
 from ..errors import MbsnetError
 
 ESPEAK_RATE = 22050  # eSpeak NG's native output rate
@@ -126,9 +128,11 @@ def synthesize_fresh(jobs: Sequence[tuple[str, Voice]]) -> list[np.ndarray]:
     package_root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-    # the child's progress lines (and any traceback) go straight to our stderr
-    proc = subprocess.run([sys.executable, "-m", __name__], input=pickle.dumps(list(jobs)),
-                          stdout=subprocess.PIPE, env=env)
+    # the child's progress lines (and any traceback) go straight to our stderr; it shows
+    # the records this process shows
+    level = logging.getLogger(ROOT).getEffectiveLevel()
+    proc = subprocess.run([sys.executable, "-m", __name__, str(level)],
+                          input=pickle.dumps(list(jobs)), stdout=subprocess.PIPE, env=env)
     if proc.returncode != 0:
         raise MbsnetError(f"the eSpeak NG synthesis process failed (exit status "
                           f"{proc.returncode}; its messages are above)")
@@ -138,19 +142,23 @@ def synthesize_fresh(jobs: Sequence[tuple[str, Voice]]) -> list[np.ndarray]:
     return result
 
 
-def _serve() -> None:
+def _serve(level: int) -> None:
     """Entry point of :func:`synthesize_fresh`'s process: jobs on stdin, ``("ok",
-    samples)`` or ``("error", message)`` on stdout."""
+    samples)`` or ``("error", message)`` on stdout; log records of ``level`` and above on
+    stderr (stdout carries the reply)."""
+    from ..console import console
     from ..progress import progress
 
     jobs = pickle.loads(sys.stdin.buffer.read())
-    try:
-        reply = ("ok", [synthesize(text, voice)
-                        for text, voice in progress(jobs, len(jobs), "prepare: speaking")])
-    except MbsnetError as exc:
-        reply = ("error", str(exc))
+    with console(level, stdout=sys.stderr):
+        reply: tuple[str, list[np.ndarray] | str]
+        try:
+            reply = ("ok", [synthesize(text, voice)
+                            for text, voice in progress(jobs, len(jobs), "prepare: speaking")])
+        except MbsnetError as exc:
+            reply = ("error", str(exc))
     sys.stdout.buffer.write(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 if __name__ == "__main__":
-    _serve()
+    _serve(int(sys.argv[1]))

@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import layout
 from ..atomic import write_text
 from ..errors import ConfigError, DataError
 from ..wavio import SAMPLE_RATE, write_pcm16
 
-MANIFEST = "manifest.tsv"
+MANIFEST = layout.within(layout.DATA, layout.MANIFEST)
 COLUMNS = ("utt_id", "split", "speaker", "noise", "snr", "duration", "clean", "noisy")
 SPLITS = ("train", "valid", "test")
 UNKNOWN_NOISE = "unknown"
@@ -49,7 +50,7 @@ def write_pair(root: Path, split: str, utt_id: str, speaker: str, noise: str, sn
     if clean.dtype != np.int16 or noisy.dtype != np.int16 or clean.shape != noisy.shape:
         raise ValueError(f"{utt_id}: clean and noisy must be int16 arrays of one shape")
     rel = pair_paths(split, utt_id)
-    for path, samples in zip(rel, (clean, noisy)):
+    for path, samples in zip(rel, (clean, noisy), strict=True):
         write_pcm16(root / path, samples)
     return Row(utt_id, split, speaker, noise, float(snr), len(clean) / SAMPLE_RATE, *rel)
 

@@ -86,7 +86,8 @@ def _car(n: int, rng: np.random.Generator, pool: TalkerPool) -> np.ndarray:
     f0 = rng.uniform(25, 50) * (1 + 0.04 * np.sin(2 * np.pi * t / rng.uniform(2, 6)
                                                   + rng.uniform(0, 2 * np.pi)))
     phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
-    engine = sum(np.sin(k * phase + rng.uniform(0, 2 * np.pi)) / k for k in range(1, 7))
+    engine = sum((np.sin(k * phase + rng.uniform(0, 2 * np.pi)) / k for k in range(1, 7)),
+                 start=np.zeros(n))
     return unit_rms(rumble + 0.5 * unit_rms(engine))
 
 

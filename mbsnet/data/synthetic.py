@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -32,6 +33,8 @@ from . import espeak
 from .manifest import Row, choose_valid_speakers, write_pair
 from .mixing import mix_pcm16, scale_to_level
 from .noises import TEST_NOISES, TRAIN_NOISES, TalkerPool, colored, make_noise
+
+logger = logging.getLogger(__name__)
 
 ACCENTS = ("en-us", "en", "en-gb-scotland", "en-us-nyc", "en-gb-x-rp", "en-029",
            "en-gb-x-gbclan", "en-gb-x-gbcwmd")
@@ -180,7 +183,7 @@ def build(plan: Plan, out_dir: Path, workers: int = 1) -> list[Row]:
     """Write the planned corpus into ``out_dir``; return its manifest rows."""
     jobs = [(u.text, u.speaker.voice) for u in plan.utterances]
     jobs += [(text, speaker.voice) for speaker, texts in plan.babble for text in texts]
-    print(f"prepare: synthesising {len(jobs)} sentences with eSpeak NG", flush=True)
+    logger.info(f"prepare: synthesising {len(jobs)} sentences with eSpeak NG")
     spoken = espeak.synthesize_fresh(jobs)
     speech, babble = spoken[: len(plan.utterances)], spoken[len(plan.utterances):]
     talkers = [np.concatenate([to_16k(s) for s in babble[i: i + BABBLE_SENTENCES]])

@@ -17,17 +17,21 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..console import TO_STDOUT
 from ..errors import ConfigError, DataError
 from ..progress import parallel_map
 from ..wavio import audio_info, read_16k_mono
 from .manifest import UNKNOWN_NOISE, Row, choose_valid_speakers, format_list, write_pair
 from .mixing import to_pcm16
+
+logger = logging.getLogger(__name__)
 
 OFFICIAL_TRAIN = (("clean_trainset_28spk_wav", "noisy_trainset_28spk_wav"),
                   ("clean_trainset_56spk_wav", "noisy_trainset_56spk_wav"))
@@ -102,8 +106,8 @@ def read_logs(root: Path) -> dict[str, tuple[str, float]]:
             except (IndexError, ValueError):
                 skipped += bool(line.strip())
         if skipped:
-            print(f"prepare: {log.name}: ignored {skipped} line(s) not of the form "
-                  f"'<utt_id> <noise> <snr>'", flush=True)
+            logger.info(f"prepare: {log.name}: ignored {skipped} line(s) not of the form "
+                        f"'<utt_id> <noise> <snr>'")
     return labels
 
 
@@ -188,8 +192,8 @@ def scan(root: str | Path, valid_speakers: int | Sequence[str]) -> Corpus:
     train_speakers = sorted({p.speaker for p in pairs if p.split == "train"})
     shared = sorted(set(train_speakers) & {p.speaker for p in pairs if p.split == "test"})
     if shared:
-        print(f"prepare: warning: speakers in both train and test: {', '.join(shared)}",
-              flush=True)
+        logger.warning(f"prepare: warning: speakers in both train and test: "
+                       f"{', '.join(shared)}", extra=TO_STDOUT)
     try:
         valid = set(choose_valid_speakers(train_speakers, valid_speakers, VALID_SEED))
     except ConfigError as exc:
@@ -222,7 +226,7 @@ def _import_pair(pair: Pair, out_dir: Path) -> Row:
 
 def build(corpus: Corpus, out_dir: Path, workers: int = 1) -> list[Row]:
     """Resample every pair of a scanned corpus to 16 kHz PCM-16 under ``out_dir``."""
-    print(f"prepare: importing {len(corpus.pairs)} VoiceBank-DEMAND pairs from {corpus.root} "
-          f"({corpus.layout} layout)", flush=True)
+    logger.info(f"prepare: importing {len(corpus.pairs)} VoiceBank-DEMAND pairs from "
+                f"{corpus.root} ({corpus.layout} layout)")
     return parallel_map(functools.partial(_import_pair, out_dir=out_dir), corpus.pairs,
                         workers, "prepare: resampling")

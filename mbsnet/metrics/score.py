@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -21,11 +21,13 @@ from ..progress import progress as show_progress
 from ..wavio import check_finite, read_audio
 from ..workers import die_with_parent
 from .composite import composite_scores
+from .registry import METRIC_SPECS
 from .standard import pesq_wb_checked, si_sdr, stoi
 
-METRICS = ("pesq_wb", "csig", "cbak", "covl", "ssnr", "stoi", "estoi", "si_sdr")
+#: the columns scoring writes, in order: the registry's names
+METRICS = tuple(METRIC_SPECS)
 
-Audio = Union[np.ndarray, str, Path]
+Audio = np.ndarray | str | Path
 
 
 def _signal(audio: Audio, sr: int, name: str) -> tuple[np.ndarray, str]:

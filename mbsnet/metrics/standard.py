@@ -3,6 +3,7 @@ and the scale-invariant SDR. Failures raise :class:`MetricFailure` with a readab
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 
@@ -52,7 +53,7 @@ def pesq_segments(n_samples: int) -> list[slice]:
     longest = int(PESQ_SEGMENT_SECONDS * PESQ_RATE)
     count = max(1, math.ceil(n_samples / longest))
     bounds = np.linspace(0, n_samples, count + 1).round().astype(int)
-    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
 
 
 def pesq_wb_strict(clean: np.ndarray, degraded: np.ndarray) -> float:

@@ -33,7 +33,8 @@ class BandSplit(nn.Module):
         ri = torch.view_as_real(spec)                     # [B, F, T, 2]
         batch, _, frames, _ = ri.shape
         features = []
-        for band, norm, proj in zip(ri.split(self.widths, dim=1), self.norms, self.projections):
+        bands = ri.split(self.widths, dim=1)
+        for band, norm, proj in zip(bands, self.norms, self.projections, strict=True):
             values = band.permute(0, 2, 1, 3).reshape(batch, frames, -1)   # [B, T, 2w]
             values = norm(values.transpose(1, 2)).transpose(1, 2)
             features.append(proj(values))                                  # [B, T, N]

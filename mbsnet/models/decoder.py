@@ -54,8 +54,8 @@ class MaskDecoder(nn.Module):
     def __init__(self, channels: int, kind: str) -> None:
         super().__init__()
         self.kind = kind
-        self.heads = nn.ModuleList(
-            MaskHead(channels, w, e) for w, e in zip(BAND_WIDTHS, decoder_expansions(kind)))
+        self.heads = nn.ModuleList(MaskHead(channels, w, e) for w, e in
+                                   zip(BAND_WIDTHS, decoder_expansions(kind), strict=True))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         masks = [head(z[..., k]) for k, head in enumerate(self.heads)]

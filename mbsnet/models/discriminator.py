@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
@@ -40,7 +42,7 @@ class Discriminator(nn.Module):
         super().__init__()
         widths = [2, ndf, 2 * ndf, 4 * ndf, 8 * ndf]
         self.features = nn.Sequential(
-            *(_conv_stage(a, b) for a, b in zip(widths[:-1], widths[1:])),
+            *(_conv_stage(a, b) for a, b in itertools.pairwise(widths)),
             nn.AdaptiveMaxPool2d(1),
             nn.Flatten(),
         )

@@ -48,7 +48,8 @@ CPU_LSTM_KERNELS = ("native", "onednn")
 def _onednn(enabled: bool) -> Iterator[None]:
     """Allow or forbid PyTorch's oneDNN kernels inside the block (restored afterwards)."""
     previous = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = enabled and previous
+    # torch's stubs type the flag as its descriptor (ContextProp); the value is a bool
+    torch.backends.mkldnn.enabled = enabled and previous  # type: ignore[assignment]
     try:
         yield
     finally:

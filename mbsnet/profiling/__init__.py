@@ -3,11 +3,21 @@ step time and real-time factor, checked against the memory budget before trainin
 
 from .flops import FlopCount, count_inference_flops, lstm_flops, scan_flops
 from .memory import MemoryReading, measure_step_memory, training_state
-from .profile import MemoryBudgetError, ProfileOptions, check_budget, probe_batch, profile_ablation
+from .profile import (
+    Measurements,
+    MemoryBudgetError,
+    ProfileOptions,
+    assemble_profile,
+    check_budget,
+    measure_ablation,
+    probe_batch,
+    profile_ablation,
+)
 from .timing import inference_rtf, median_seconds
 
 __all__ = [
-    "FlopCount", "MemoryBudgetError", "MemoryReading", "ProfileOptions", "check_budget",
-    "count_inference_flops", "inference_rtf", "lstm_flops", "measure_step_memory",
-    "median_seconds", "probe_batch", "profile_ablation", "scan_flops", "training_state",
+    "FlopCount", "Measurements", "MemoryBudgetError", "MemoryReading", "ProfileOptions",
+    "assemble_profile", "check_budget", "count_inference_flops", "inference_rtf", "lstm_flops",
+    "measure_ablation", "measure_step_memory", "median_seconds", "probe_batch",
+    "profile_ablation", "scan_flops", "training_state",
 ]

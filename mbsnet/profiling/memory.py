@@ -120,7 +120,12 @@ def allocation_peak(prof: torch.profiler.profile) -> int:
     Frees of memory allocated before profiling started are not recorded by the profiler,
     so the figure never goes below zero and does not credit them.
     """
-    events = sorted(((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+    results = None if prof.profiler is None else prof.profiler.kineto_results
+    if results is None:
+        raise ValueError("the profiler has recorded nothing yet: read it after its block")
+    # torch's stub of the event lacks nbytes(), which the memory events have
+    events = sorted(((e.start_ns(), e.nbytes())  # type: ignore[attr-defined]
+                     for e in results.events()
                      if e.name() == "[memory]" and e.device_type() == DeviceType.CPU),
                     key=lambda event: event[0])   # stable: same-time events keep their order
     running = peak = 0

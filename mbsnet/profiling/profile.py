@@ -1,7 +1,7 @@
 """One ablation's pre-flight profile (results/{ablation}/profile.json) and its memory budget.
 
-:func:`profile_ablation` builds the ablation's :class:`~mbsnet.train.trainer.Trainer` on the
-training device, at the configured batch size and crop length, and measures parameters,
+:func:`profile_ablation` builds the ablation's :class:`~mbsnet.train.gan.EnhancementGan` on
+the training device, at the configured batch size and crop length, and measures parameters,
 inference FLOPs, the peak memory and median time of full training steps (generator and
 discriminator, MetricGAN term on, PESQ targets in worker processes) and the inference
 real-time factor. :func:`check_budget` fails fast when the peak exceeds
@@ -17,6 +17,7 @@ item and suggests the ``accumulate`` that would fit.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -32,15 +33,18 @@ from ..errors import MbsnetError
 from ..models import count_parameters
 from ..models.spec import scan_used
 from ..train.distributed import Layout
+from ..train.numerics import numerics
 from .flops import METHOD as FLOPS_METHOD
-from .flops import count_inference_flops
-from .memory import measure_step_memory, training_state
+from .flops import FlopCount, count_inference_flops
+from .memory import MemoryReading, measure_step_memory, training_state
 from .timing import inference_rtf, median_seconds
 
 NEAR_BUDGET = 0.8
 """Fraction of the budget above which the profile carries a warning."""
 
 PROBE_SNR_DB = 5.0
+
+_log = logging.getLogger(__name__)
 
 
 class MemoryBudgetError(MbsnetError):
@@ -92,40 +96,80 @@ def probe_batch(batch: int, seconds: float, seed: int = 0) -> tuple[torch.Tensor
             torch.as_tensor(clean + noise, dtype=torch.float32))
 
 
-def _make_trainer(ablation_cfg: dict, config: Mapping[str, Any], device: torch.device):
-    from ..train.trainer import Trainer  # imported late: it pulls in PESQ and the workers
+def _build_gan(ablation_cfg: dict, config: Mapping[str, Any], device: torch.device):
+    from ..train.gan import EnhancementGan  # imported late: it pulls in PESQ and the workers
 
-    return Trainer(ablation_cfg, config, device)
+    return EnhancementGan(ablation_cfg, config, device)
 
 
-def _optimizers(trainer: object) -> list[torch.optim.Optimizer]:
-    return [v for v in vars(trainer).values() if isinstance(v, torch.optim.Optimizer)]
+def _optimizers(gan: object) -> list[torch.optim.Optimizer]:
+    return [v for v in vars(gan).values() if isinstance(v, torch.optim.Optimizer)]
+
+
+@dataclass(frozen=True)
+class Measurements:
+    """What :func:`measure_ablation` measured of one ablation, before it is put in the
+    shape of profile.json (:func:`assemble_profile`)."""
+
+    device: str
+    """The measuring device, described (:func:`mbsnet.device.describe`)."""
+    scan: str | None
+    params: dict[str, Any]
+    """:func:`mbsnet.models.count_parameters` of the generator."""
+    flops: FlopCount
+    memory: MemoryReading
+    """The full-size training step's peak."""
+    one_item_peak_mb: float | None
+    """A one-item step's peak: measured only over the budget, with micro-batches > 1."""
+    step_seconds: float
+    """Median of the timed full-size training steps."""
+    inference_rtf: float
+    step_outcomes: list[dict]
+    """What every training step run returned (warm-up, memory and timed steps)."""
+    phases: dict[str, float]
+    """Wall-clock seconds of each phase, in the order they ran."""
+    threads: int
 
 
 def profile_ablation(config: Mapping[str, Any], name: str, device: torch.device,
                      options: ProfileOptions = ProfileOptions(),
-                     make_trainer: Callable = _make_trainer,
-                     log: Callable[[str], None] = print) -> dict[str, Any]:
+                     make_trainer: Callable = _build_gan,
+                     log: Callable[[str], None] = _log.info) -> dict[str, Any]:
     """Measure one ablation (see the module docstring); returns the profile.json dict.
+
+    ``make_trainer(ablation_cfg, config, device)`` builds what is measured (an
+    :class:`~mbsnet.train.gan.EnhancementGan`); ``log`` gets the progress lines.
+    """
+    training = ablation_config(config, name)["training"]
+    # the training's numerics (deterministic kernels, TF32): they change a CUDA step's time
+    with numerics(training["deterministic"], training["tf32"]):
+        measured = measure_ablation(config, name, device, options, make_trainer, log)
+    return assemble_profile(config, name, measured, options)
+
+
+def measure_ablation(config: Mapping[str, Any], name: str, device: torch.device,
+                     options: ProfileOptions = ProfileOptions(),
+                     make_trainer: Callable = _build_gan,
+                     log: Callable[[str], None] = _log.info) -> Measurements:
+    """Build the ablation's training on ``device`` and measure it.
 
     Order: FLOPs (batch 1), warm-up steps on a batch of one (they start the PESQ workers
     and create the optimizer state, so the measured steps see the steady state), one
-    full-size step under memory measurement (it also warms the full-size kernels), the
-    timed full-size steps, then the inference real-time factor.
+    full-size step under memory measurement (it also warms the full-size kernels), over the
+    budget one step of a single item (for :func:`suggest_accumulate`), the timed full-size
+    steps, then the inference real-time factor.
     """
     ablation = ablation_config(config, name)
-    training = ablation["training"]
-    layout = Layout.of(training, name)
-    batch, crop = layout.process_batch, training["crop_seconds"]
-    budget_gb = float(config["resources"]["gpu_memory_gb"])
+    layout = Layout.of(ablation["training"], name)
+    batch, crop = layout.process_batch, ablation["training"]["crop_seconds"]
+    budget_mb = float(config["resources"]["gpu_memory_gb"]) * 1024
     phases: dict[str, float] = {}
     torch.manual_seed(0)
     with _phase(phases, "build"):
-        trainer = make_trainer(ablation, config, device)
+        gan = make_trainer(ablation, config, device)
     try:
-        generator = trainer.generator
+        generator = gan.generator
         params = count_parameters(generator)
-        claimed = ablation.get("claimed_params")
         scan = scan_used(ablation["model"], device)
         log(f"[{name}] {params['total']:,} parameters on {describe(device)}"
             f"{f', {scan} scan' if scan else ''}; counting FLOPs")
@@ -135,7 +179,7 @@ def profile_ablation(config: Mapping[str, Any], name: str, device: torch.device,
         outcomes: list[dict] = []
 
         def step_on(clean: torch.Tensor, noisy: torch.Tensor) -> Callable[[], None]:
-            return lambda: outcomes.append(trainer.train_step(clean, noisy, use_metric_loss=True))
+            return lambda: outcomes.append(gan.train_step(clean, noisy, use_metric_loss=True))
 
         with _phase(phases, "warmup"):
             warmup = step_on(*(t.to(device) for t in probe_batch(1, crop, seed=1)))
@@ -145,18 +189,16 @@ def profile_ablation(config: Mapping[str, Any], name: str, device: torch.device,
         step = step_on(clean, noisy)
         log(f"[{name}] measuring the memory of one training step ({layout.describe()}, "
             f"{crop:g} s crops)")
-        live = training_state([generator, trainer.discriminator], _optimizers(trainer))
+        live = training_state([generator, gan.discriminator], _optimizers(gan))
         with _phase(phases, "memory_step"):
             memory = measure_step_memory(step, device, live + [clean, noisy])
         log(f"[{name}] peak training-step memory {memory.peak_mb:,.0f} MB "
             f"({phases['memory_step']:.1f} s)")
-        suggestion = None
-        if memory.peak_mb > budget_gb * 1024 and layout.micro_batch > 1:
+        one_item_peak_mb = None
+        if memory.peak_mb > budget_mb and layout.micro_batch > 1:
             one = [t.to(device) for t in probe_batch(1, crop, seed=2)]
             with _phase(phases, "memory_step_one_item"):
-                single = measure_step_memory(step_on(*one), device, live + one)
-            suggestion = suggest_accumulate(layout, memory.peak_mb, single.peak_mb,
-                                            budget_gb * 1024)
+                one_item_peak_mb = measure_step_memory(step_on(*one), device, live + one).peak_mb
         with _phase(phases, "timed_steps"):
             step_seconds = median_seconds(step, device, options.steps)
         log(f"[{name}] median training step {step_seconds:.2f} s over {options.steps}")
@@ -164,48 +206,66 @@ def profile_ablation(config: Mapping[str, Any], name: str, device: torch.device,
             rtf = inference_rtf(generator, crop, device, runs=options.inference_runs)
         log(f"[{name}] inference real-time factor {rtf:.3f}")
     finally:
-        close = getattr(trainer, "close", None)
+        close = getattr(gan, "close", None)
         if close is not None:
             close()
+    return Measurements(device=describe(device), scan=scan, params=params, flops=flops,
+                        memory=memory, one_item_peak_mb=one_item_peak_mb,
+                        step_seconds=step_seconds, inference_rtf=rtf, step_outcomes=outcomes,
+                        phases=phases, threads=torch.get_num_threads())
 
-    warnings = _step_warnings(outcomes)
+
+def assemble_profile(config: Mapping[str, Any], name: str, measured: Measurements,
+                     options: ProfileOptions = ProfileOptions()) -> dict[str, Any]:
+    """The profile.json dict of ``measured``: the figures beside the settings they were
+    measured with, the accumulate that would fit an over-budget step, and the warnings."""
+    ablation = ablation_config(config, name)
+    training = ablation["training"]
+    layout = Layout.of(training, name)
+    budget_gb = float(config["resources"]["gpu_memory_gb"])
+    memory, params = measured.memory, measured.params
+    claimed = ablation.get("claimed_params")
+    suggestion = (None if measured.one_item_peak_mb is None else
+                  suggest_accumulate(layout, memory.peak_mb, measured.one_item_peak_mb,
+                                     budget_gb * 1024))
+    warnings = _step_warnings(measured.step_outcomes)
     share = memory.peak_mb / (budget_gb * 1024)
     if NEAR_BUDGET < share <= 1:
         warnings.append(f"peak training memory {memory.peak_mb:,.0f} MB is {share:.0%} of the "
                         f"{budget_gb:g} GB budget (resources.gpu_memory_gb)")
     return {
         "ablation": name,
-        "device": describe(device),
-        "scan": scan,
+        "device": measured.device,
+        "scan": measured.scan,
         "params": {"total": params["total"], "per_module": params["per_module"],
                    "claimed": claimed,
                    "ratio": params["total"] / claimed if claimed else None},
-        "macs_per_second": flops.macs_per_second,
-        "flops_per_second": flops.flops_per_second,
+        "macs_per_second": measured.flops.macs_per_second,
+        "flops_per_second": measured.flops.flops_per_second,
         "flops_method": FLOPS_METHOD,
-        "flops_per_second_by_source": flops.as_dict(),
+        "flops_per_second_by_source": measured.flops.as_dict(),
         "peak_train_memory_mb": memory.peak_mb,
         "memory_method": memory.method,
         "memory_details": memory.details,
-        "train_step_seconds": step_seconds,
-        "inference_rtf": rtf,
+        "train_step_seconds": measured.step_seconds,
+        "inference_rtf": measured.inference_rtf,
         "batch_size": layout.batch_size,
         "processes": layout.devices,
         "accumulate": layout.accumulate,
         "micro_batch": layout.micro_batch,
-        "utterances_per_second": batch / step_seconds,
+        "utterances_per_second": layout.process_batch / measured.step_seconds,
         "suggested_accumulate": suggestion,
-        "crop_seconds": crop,
+        "crop_seconds": training["crop_seconds"],
         "budget_gb": budget_gb,
         "within_budget": share <= 1,
         "precision": training["precision"],
         "gradient_checkpointing": training["gradient_checkpointing"],
         "cpu_lstm_kernel": training["cpu_lstm_kernel"],
-        "threads": torch.get_num_threads(),
+        "threads": measured.threads,
         "warmup_steps": options.warmup_steps,
         "timed_steps": options.steps,
-        "profile_seconds": sum(phases.values()),
-        "phase_seconds": phases,
+        "profile_seconds": sum(measured.phases.values()),
+        "phase_seconds": measured.phases,
         "warnings": warnings,
     }
 

@@ -28,7 +28,7 @@ def _schema_keys() -> dict[str, dict[str, Any]]:
     its absence means (its `default`; the first value of an optional enum without one, as
     model.scan and model.init) or ``_REQUIRED``."""
     defs = load_schema()["$defs"]
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for kind in ("model", "stage", "block"):
         required = set(defs[kind].get("required", ()))
         out[kind] = {}

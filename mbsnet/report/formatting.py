@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .. import stats
-
-DECIMALS = {"stoi": 3, "estoi": 3}
+from ..metrics.registry import METRIC_SPECS
+from .costs import COST_SPECS
 
 
 @dataclass
@@ -31,8 +32,19 @@ def merge_missing(cells: list[Cell]) -> list[Cell]:
     return merged
 
 
+def decimals(metric: str) -> int:
+    """The decimals a metric's values are written with."""
+    return METRIC_SPECS[metric].decimals
+
+
+def unit_suffix(metric: str) -> str:
+    """`` dB``: what follows a metric's values, '' for a metric without a unit."""
+    unit = METRIC_SPECS[metric].unit
+    return f" {unit}" if unit else ""
+
+
 def fmt_estimate(metric: str, est: stats.Estimate) -> str:
-    d = DECIMALS.get(metric, 2)
+    d = decimals(metric)
     text = f"{est.mean:.{d}f}"
     if math.isfinite(est.ci95):
         text += f" ± {est.ci95:.{d}f}"
@@ -43,7 +55,7 @@ def fmt_seeds(metric: str, est: stats.Estimate) -> str:
     """The spread across seeds, '' for a single seed."""
     if est.seeds < 2:
         return ""
-    return f"sd {est.seed_sd:.{DECIMALS.get(metric, 2)}f} over {est.seeds} seeds"
+    return f"sd {est.seed_sd:.{decimals(metric)}f} over {est.seeds} seeds"
 
 
 def fmt_count(value: float) -> str:
@@ -60,16 +72,19 @@ def fmt_min_s(seconds: float) -> str:
     return f"{'-' if seconds < 0 and minutes + secs else ''}{minutes}:{secs:02d}"
 
 
+#: how a cost's values are written (:attr:`CostSpec.style`)
+STYLES: dict[str, Callable[[float], str]] = {
+    "count": fmt_count,                         # 2.41 M
+    "ratio": lambda value: f"×{value:.2f}",     # ×1.45
+    "grouped": lambda value: f"{value:,.0f}",   # 14,000
+    "general": lambda value: f"{value:.3g}",    # 0.25
+    "min:s": fmt_min_s,                         # 62:05
+}
+
+
 def fmt_cost(col: str, value: float) -> str:
-    if col in ("params", "claimed_params", "macs_per_second"):
-        return fmt_count(value)
-    if col == "params_ratio":
-        return f"×{value:.2f}"
-    if col == "peak_train_memory_mb":
-        return f"{value:,.0f}"
-    if col == "train_wall_seconds":
-        return fmt_min_s(value)
-    return f"{value:.3g}"
+    """A cost's value in its column's style."""
+    return STYLES[COST_SPECS[col].style](value)
 
 
 def fmt_p(p: float) -> str:
@@ -78,20 +93,16 @@ def fmt_p(p: float) -> str:
     return f"{p:.2g}" if p >= 1e-3 else f"{p:.1e}"
 
 
-#: the unit after a metric's values, where it has one
-UNITS = {"ssnr": " dB", "si_sdr": " dB"}
-
-
 def fmt_diff(metric: str, value: float, ci95: float = math.nan) -> str:
     """A signed difference in the metric's decimals, with its CI half-width if finite."""
-    d = DECIMALS.get(metric, 2)
+    d = decimals(metric)
     text = f"{value:+.{d}f}" if math.isfinite(value) else "—"
     return text + (f" ± {ci95:.{d}f}" if math.isfinite(ci95) else "")
 
 
 def fmt_detectable(metric: str, size: float) -> str:
     """``≥ 0.62 dB``: the smallest difference a test detects (80 % power)."""
-    return f"≥ {size:.{DECIMALS.get(metric, 2)}f}{UNITS.get(metric, '')}" \
+    return f"≥ {size:.{decimals(metric)}f}{unit_suffix(metric)}" \
         if math.isfinite(size) else "—"
 
 

@@ -20,9 +20,15 @@ PACKAGES = ("mbsnet", "torch", "snakemake", "pesq", "pystoi", "numpy", "scipy")
 
 
 def package_version(name: str) -> str:
+    """The installed distribution's version; mbsnet's own when it runs uninstalled (from the
+    workflow's folder under `--sdm conda`)."""
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
+        if name == "mbsnet":
+            from .. import __version__
+
+            return __version__
         return "not installed"
 
 
@@ -51,7 +57,7 @@ def provenance(config: Mapping[str, Any], project_dir: str | Path,
     the devices the runs report in train_summary.json and profile.json.
     """
     return {
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "git": git_state(project_dir),
         "config_hash": config_hash(config),
         "host": socket.gethostname(),

@@ -7,11 +7,11 @@ import math
 from typing import Any
 
 from .. import stats
-from .collect import COSTS, METRICS, Missing
+from ..metrics.registry import METRIC_SPECS
+from .costs import COST_SPECS
 from .formatting import (
-    DECIMALS,
-    UNITS,
     Cell,
+    decimals,
     fmt_cost,
     fmt_cost_delta,
     fmt_detectable,
@@ -19,7 +19,9 @@ from .formatting import (
     fmt_p,
     merge_missing,
     no_difference,
+    unit_suffix,
 )
+from .loading import Missing
 from .steps import COST_CHANGE, STEP_COSTS, CostStep, Detectable, MetricStep, StepTable
 
 SAME_SETTINGS = "the same model and training settings"
@@ -45,7 +47,7 @@ def metric_cell(metric: str, cell: MetricStep) -> Cell:
     else:
         out.sub.append(f"p (Holm) {fmt_p(cell.p_holm)}")
         if cell.significant:
-            out.cls = "gain" if result.mean_diff > 0 else "loss"
+            out.cls = "gain" if METRIC_SPECS[metric].better(result.mean_diff) else "loss"
         else:
             out.sub.append(no_difference(metric, cell.detectable))
     if cell.seeds is not None:
@@ -62,7 +64,7 @@ def cost_cell(col: str, cost: CostStep | Missing) -> Cell:
         return Cell(str(cost), "missing", cost.full)
     ratio = cost.ratio
     cls = "" if not math.isfinite(ratio) or abs(ratio - 1) <= COST_CHANGE else \
-        "gain" if ratio < 1 else "loss"
+        "gain" if COST_SPECS[col].better(cost.delta) else "loss"
     return Cell(fmt_cost_delta(col, cost.delta), cls,
                 f"{fmt_cost(col, cost.parent)} → {fmt_cost(col, cost.child)}",
                 sub=[f"×{ratio:.2f}"] if math.isfinite(ratio) else [])
@@ -75,21 +77,23 @@ def steps_context(table: StepTable | Missing,
         return {"missing": str(table), "rows": [], "detect": []}
     rows = [{"name": step_name(step.parent, step.child), "child": step.child,
              "change": step.change or [SAME_SETTINGS],
-             "cells": merge_missing([metric_cell(m, step.metrics[m]) for m in METRICS]
+             "cells": merge_missing([metric_cell(m, step.metrics[m]) for m in METRIC_SPECS]
                                     + [cost_cell(c, step.costs[c]) for c in STEP_COSTS])}
             for step in table.steps]
     return {"missing": "", "rows": rows, "paths": [" → ".join(p) for p in table.paths],
-            "metrics": list(METRICS.values()), "costs": [COSTS[c] for c in STEP_COSTS],
+            "metrics": [spec.label for spec in METRIC_SPECS.values()],
+            "costs": [COST_SPECS[c].label for c in STEP_COSTS],
             "tests": table.tests, "several_seeds": table.several_seeds,
             "detect": [_detect_row(m, row) for m, row in detect.items()], "method": METHOD}
 
 
 def _detect_row(metric: str, row: Detectable | Missing) -> dict[str, Any]:
+    label = METRIC_SPECS[metric].label
     if isinstance(row, Missing):
-        return {"metric": METRICS[metric], "missing": str(row)}
-    d = DECIMALS.get(metric, 2)
-    unit = UNITS.get(metric, "")
-    return {"metric": METRICS[metric], "missing": "", "pairs": row.pairs,
+        return {"metric": label, "missing": str(row)}
+    d = decimals(metric)
+    unit = unit_suffix(metric)
+    return {"metric": label, "missing": "", "pairs": row.pairs,
             "sd": f"{row.sd:.{d}f}{unit}", "corrected": fmt_detectable(metric, row.corrected),
             "range": f"{row.low:.{d}f}–{row.high:.{d}f}{unit}",
             "single": fmt_detectable(metric, row.single),
@@ -118,14 +122,15 @@ def steps_markdown(table: StepTable | Missing, detect: dict[str, Detectable | Mi
     if isinstance(table, Missing):
         return "\n".join(lines + [str(table), ""])
     lines += ["Lineage: " + "; ".join(" → ".join(p) for p in table.paths), ""]
-    header = ["Step", "Change", *METRICS.values(), *(f"Δ {COSTS[c]}" for c in STEP_COSTS)]
+    header = ["Step", "Change", *(spec.label for spec in METRIC_SPECS.values()),
+              *(f"Δ {COST_SPECS[c].label}" for c in STEP_COSTS)]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for step in table.steps:
         costs = [str(cost) if isinstance(cost, Missing) else
                  f"{fmt_cost_delta(c, cost.delta)} (×{cost.ratio:.2f})"
                  for c, cost in step.costs.items()]
         cells = [step_name(step.parent, step.child), "; ".join(step.change or [SAME_SETTINGS]),
-                 *(_markdown_metric(m, step.metrics[m]) for m in METRICS), *costs]
+                 *(_markdown_metric(m, step.metrics[m]) for m in METRIC_SPECS), *costs]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     lines += ["", f"Child − parent: mean paired difference ± 95 % CI over the test utterances "
               f"(seed-averaged); paired Wilcoxon signed-rank tests, Holm-corrected over all "

@@ -17,18 +17,16 @@ import pandas as pd
 
 from .. import stats
 from ..config import ablation_config, ablation_parents
+from ..metrics.registry import METRIC_SPECS
 from .changes import describe_change
-from .collect import METRICS, HeadlineRow, Missing, Results, System, run_scores, system_scores
+from .costs import COST_SPECS
+from .loading import Missing, Results, System, run_scores, system_scores
+from .tables import HeadlineRow
 
-#: the costs a step changes (child minus parent; lower is better for each)
-STEP_COSTS = ("params", "macs_per_second", "peak_train_memory_mb", "train_step_seconds",
-              "inference_rtf")
+#: the costs a step changes (child minus parent), in the headline's order
+STEP_COSTS = tuple(spec.name for spec in COST_SPECS.values() if spec.in_steps)
 #: a cost that changes by more than this fraction is shown as cheaper or dearer
 COST_CHANGE = 0.05
-#: a difference commonly reported as an improvement, per metric: the report says how many
-#: test utterances it takes to detect it
-RESOLUTION = {"pesq_wb": 0.1, "csig": 0.1, "cbak": 0.1, "covl": 0.1, "ssnr": 0.5,
-              "stoi": 0.01, "estoi": 0.01, "si_sdr": 0.5}
 
 
 @dataclass
@@ -126,7 +124,7 @@ def step_table(results: Results, rows: list[HeadlineRow]) -> StepTable | Missing
     for parent, child in order:
         metrics = {m: _metric_step(results.systems[parent], results.systems[child],
                                    scores[parent], scores[child], m, several)
-                   for m in METRICS}
+                   for m in METRIC_SPECS}
         change = describe_change(ablation_config(results.config, parent),
                                  ablation_config(results.config, child))
         steps.append(Step(parent, child, change, metrics,
@@ -142,12 +140,12 @@ def _correct(cells: list[MetricStep]) -> int:
     p = [c.utterances.p if isinstance(c.utterances, stats.Comparison) else math.nan
          for c in cells]
     tests = sum(math.isfinite(x) for x in p)
-    for cell, adjusted in zip(cells, stats.holm(p)):
+    for cell, adjusted in zip(cells, stats.holm(p), strict=True):
         cell.p_holm = adjusted
         if isinstance(cell.utterances, stats.Comparison):
             cell.detectable = cell.utterances.detectable(tests)
     seed_p = [c.seeds.p if c.seeds is not None else math.nan for c in cells]
-    for cell, adjusted in zip(cells, stats.holm(seed_p)):
+    for cell, adjusted in zip(cells, stats.holm(seed_p), strict=True):
         cell.seeds_p_holm = adjusted
     return tests
 
@@ -158,9 +156,10 @@ def _unscored(name: str, why: Missing) -> Missing:
 
 def _metric_step(parent: System, child: System, parent_scores: pd.DataFrame | Missing,
                  child_scores: pd.DataFrame | Missing, metric: str, several: bool) -> MetricStep:
-    for system, scores in ((parent, parent_scores), (child, child_scores)):
-        if isinstance(scores, Missing):
-            return MetricStep(_unscored(system.name, scores))
+    if isinstance(parent_scores, Missing):
+        return MetricStep(_unscored(parent.name, parent_scores))
+    if isinstance(child_scores, Missing):
+        return MetricStep(_unscored(child.name, child_scores))
     over_utterances = stats.paired_comparison(child_scores[metric], parent_scores[metric])
     return MetricStep(over_utterances, _seed_comparison(parent, child, metric) if several
                       else None)
@@ -197,16 +196,19 @@ def detectable_table(table: StepTable) -> dict[str, Detectable | Missing]:
     """Per metric: the smallest difference the test set detects with 80 % power at the
     table's corrected level, from the median paired spread and size of the tested steps."""
     out: dict[str, Detectable | Missing] = {}
-    for metric in METRICS:
+    for metric, spec in METRIC_SPECS.items():
         tested = [step.metrics[metric] for step in table.steps
                   if math.isfinite(step.metrics[metric].detectable)]
         if not tested:
             out[metric] = Missing("no step was tested on this metric")
             continue
-        pairs = int(np.median([cell.utterances.n for cell in tested]))
-        sd = float(np.median([cell.utterances.sd for cell in tested]))
+        # a finite detectable size was computed from a comparison: every tested cell has one
+        compared = [cell.utterances for cell in tested
+                    if isinstance(cell.utterances, stats.Comparison)]
+        pairs = int(np.median([c.n for c in compared]))
+        sd = float(np.median([c.sd for c in compared]))
         sizes = [cell.detectable for cell in tested]
-        resolution = RESOLUTION.get(metric, math.nan)
+        resolution = spec.resolution
         needed = stats.pairs_needed(sd, resolution, table.tests) \
             if math.isfinite(resolution) else 0
         out[metric] = Detectable(pairs, sd, stats.detectable_difference(sd, pairs, table.tests),

@@ -3,10 +3,11 @@
 On the CPU the continuation is bit-identical to an uninterrupted run; on CUDA only as far
 as the run's kernels are deterministic (``training.deterministic``, README "GPUs").
 
-A checkpoint holds the trainer's state (both models, optimizers and schedulers), the
-torch / numpy / python RNG states, the run's progress counters (:class:`RunState`) and
-an identity string (the settings and data the run was started with). It is written
-atomically with ``torch.save`` and read back with ``weights_only=True``.
+A checkpoint holds the :class:`~.gan.EnhancementGan`'s state (both models, optimizers and
+schedulers) under ``trainer``, the torch / numpy / python RNG states, the run's progress
+counters (:class:`RunState`) and an identity string (the settings and data the run was
+started with). It is written atomically with ``torch.save`` and read back with
+``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pickle
 import random
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -72,7 +73,9 @@ def rng_state(device: torch.device | None = None) -> dict[str, Any]:
     """The torch, numpy and python RNG states, and the CUDA RNG state of ``device`` when it
     is a CUDA device (the run's own: other visible GPUs are not the run's, and a resumed run
     may see fewer), as tensors and plain values (loadable with ``weights_only=True``)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    # the global RandomState is an MT19937, whose legacy state is this tuple
+    kind, keys, pos, has_gauss, cached = cast(tuple[str, np.ndarray, int, int, float],
+                                              np.random.get_state(legacy=True))
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
@@ -103,7 +106,8 @@ def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> 
 def save_checkpoint(path: str | Path, *, identity: str, trainer_state: dict[str, Any],
                     run: RunState, device: torch.device | None = None) -> None:
     """Write a full checkpoint atomically (the RNG states, ``device``'s included, are taken
-    now)."""
+    now). ``trainer_state`` is :meth:`.gan.EnhancementGan.state_dict`, stored under
+    ``trainer`` (the key every checkpoint has, so that saved runs resume)."""
     payload = {"format": FORMAT_VERSION, "identity": identity, "trainer": trainer_state,
                "rng": rng_state(device), "run": run.as_dict()}
     with atomic_path(path) as tmp:

@@ -155,7 +155,9 @@ def launch_for(layout: Layout, device_setting: str,
         return None
     launch = Launch.from_environment(env)
     if device_type(device_setting) == "cuda" and (launch is None or launch.launcher != "srun"):
-        here = layout.devices if launch is None else launch.local_world
+        # not srun: one process (devices here), or torchrun, which says how many it started
+        here = layout.devices if launch is None or launch.local_world is None \
+            else launch.local_world
         visible = visible_count()
         if visible < here:
             raise ConfigError(
@@ -229,7 +231,7 @@ class Processes:
         """Wait until every process gets here."""
         self.sum([0.0])
 
-    def _reduce(self, values: Sequence[float], op: dist.ReduceOp) -> list[float]:
+    def _reduce(self, values: Sequence[float], op: dist.ReduceOp.RedOpType) -> list[float]:
         if not self.distributed:
             return [float(v) for v in values]
         tensor = torch.tensor(values, dtype=torch.float64)
@@ -243,7 +245,7 @@ class Processes:
     def device(self, setting: str) -> torch.device:
         """This process's training device for ``training.device`` = ``setting``: the
         single-process choice (:func:`mbsnet.device.select_device`) for one process."""
-        if not self.distributed or device_type(setting) == "cpu":
+        if self.launch is None or not self.distributed or device_type(setting) == "cpu":
             return select_device(setting)
         launch = self.launch
         if launch.launcher == "srun" or scheduler_assigned():
@@ -254,6 +256,7 @@ class Processes:
                     f"training.devices: task {launch.local_rank} on its node sees {visible} "
                     "CUDA device(s); give every task a GPU (srun --gpus-per-task=1)")
             return use_cuda(index)
+        assert launch.local_world is not None  # torchrun's: srun (unknown) returned above
         claimed = ([claim.index for claim in claim_devices(launch.local_world)]
                    if launch.local_rank == 0 else None)
         by_node = {node: indices for node, indices in self.gather((launch.node, claimed))
@@ -282,7 +285,7 @@ def joined(launch: Launch | None, device_setting: str) -> Iterator[Processes]:
     because another process died says so instead of hanging (the launcher, torchrun or
     ``srun --kill-on-bad-exit``, stops the rest and names the rank that failed first)."""
     processes = Processes(launch)
-    if not processes.distributed:
+    if launch is None or not processes.distributed:
         yield processes
         return
     backend = "cpu:gloo,cuda:nccl" if device_type(device_setting) == "cuda" else "gloo"

@@ -14,19 +14,17 @@ steps done in the whole run (so the first step is 1).
 
 A data-parallel run (``training.devices`` > 1, :mod:`.distributed`) calls :func:`train` in
 every process; they keep the same run state, validate a share of the utterances each,
-and only rank 0 writes files and prints progress.
+and only rank 0 writes files and reports progress (:mod:`.progress`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import logging
 import math
 import random
 import shutil
 import signal
-import sys
-import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -34,25 +32,27 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..atomic import check_writable, write_json, write_text
 from ..audio import stft
 from ..config import ablation_config, config_hash
 from ..data.datasets import EvalDataset, TrainDataset
 from ..device import peak_memory_mb, reset_peak_memory, set_threads
-from ..enhance import enhance_with_spectrum, pad_hop
 from ..errors import ConfigError, DataError, MbsnetError
+from ..evaluation.enhance import enhance_with_spectrum, pad_hop
 from ..models import count_parameters, save_model
 from ..models.spec import scan_used
 from . import tensorboard
 from .batches import TrainBatches
 from .checkpoint import RunState, load_checkpoint, save_checkpoint, set_rng_state
 from .distributed import Layout, Processes, joined, launch_for
+from .gan import EnhancementGan, first_metric_epoch
 from .losses import reconstruction_loss
 from .numerics import numerics
 from .paths import RunPaths, steps_per_epoch
-from .trainer import Trainer, first_metric_epoch
+from .progress import Progress, fmt
+from .records import JsonlLog, NoLog
+from .signals import TerminationRequest
 
 #: Training keys that do not change the recipe: a checkpoint stays valid across them (the
 #: device, determinism and TF32 change CUDA's rounding only; the batches are the same for
@@ -64,6 +64,8 @@ OPERATIONAL_KEYS = ("checkpoint_minutes", "pesq_workers", "max_bad_steps", "devi
 STEP_LINES_PER_EPOCH = 50
 
 StepCallback = Callable[[RunState], None]
+
+_log = logging.getLogger(__name__)
 
 
 def train(config: Mapping[str, Any], ablation: str, seed: int, out_dir: str | Path,
@@ -93,7 +95,7 @@ def train(config: Mapping[str, Any], ablation: str, seed: int, out_dir: str | Pa
     check_writable(paths.checkpoint_dir)
     if launch is None or launch.rank == 0:
         for stale in paths.remove_stale_temporaries():
-            print(f"removed {stale}, left half-written by an interrupted run", flush=True)
+            _log.info(f"removed {stale}, left half-written by an interrupted run")
 
     train_set = TrainDataset(manifest, split="train", crop_seconds=settings["crop_seconds"],
                              seed=seed)
@@ -108,13 +110,13 @@ def train(config: Mapping[str, Any], ablation: str, seed: int, out_dir: str | Pa
         device = processes.device(settings["device"])
         set_threads(threads if threads is not None else config["resources"]["threads"])
         seed_everything(seed)
-        with Trainer(ablation_cfg, config, device, processes) as trainer, \
+        with EnhancementGan(ablation_cfg, config, device, processes) as gan, \
                 TrainBatches(train_set, batch_size=settings["batch_size"],
                              steps=steps_per_epoch(settings, len(train_set)), seed=seed,
                              workers=settings["data_workers"], device=device,
                              shard=(processes.rank, processes.world)) as batches, \
-                _TerminationRequest() as stop:
-            run = _Run(trainer, ablation_cfg, config, seed, paths, identity, batches,
+                TerminationRequest() as stop:
+            run = _Run(gan, ablation_cfg, config, seed, paths, identity, batches,
                        valid_set, on_step, stop)
             return run.execute()
 
@@ -127,16 +129,17 @@ def seed_everything(seed: int) -> None:
 
 
 class _Run:
-    """The state and steps of one call of :func:`train`."""
+    """The state and steps of one call of :func:`train`: it drives ``gan`` through the
+    epochs, validates it, and writes the log, checkpoints and outputs."""
 
-    def __init__(self, trainer: Trainer, ablation_cfg: dict[str, Any],
+    def __init__(self, gan: EnhancementGan, ablation_cfg: dict[str, Any],
                  config: Mapping[str, Any], seed: int, paths: RunPaths, identity: str,
                  batches: TrainBatches, valid_set: EvalDataset,
-                 on_step: StepCallback | None, stop: _TerminationRequest) -> None:
-        self.trainer, self.ablation_cfg, self.config = trainer, ablation_cfg, config
+                 on_step: StepCallback | None, stop: TerminationRequest) -> None:
+        self.gan, self.ablation_cfg, self.config = gan, ablation_cfg, config
         self.settings = ablation_cfg["training"]
         self.layout = Layout.of(self.settings)
-        self.processes: Processes = trainer.processes
+        self.processes: Processes = gan.processes
         self.main = self.processes.is_main
         self.name = ablation_cfg["name"]
         self.seed, self.paths, self.identity = seed, paths, identity
@@ -147,8 +150,8 @@ class _Run:
         self.log_every = max(1, self.steps // STEP_LINES_PER_EPOCH)
         self.run = RunState()
         self.saved_at: tuple[int, int] | None = None  # (epoch, global step) of last.pt
-        self.progress = _Progress(f"{self.name} seed{seed}", self.steps, self.log_every,
-                                  quiet=not self.main)
+        self.progress = Progress(f"{self.name} seed{seed}", self.steps, self.log_every,
+                                 quiet=not self.main)
         # The discriminator only serves the generator's MetricGAN term: with no epoch
         # using it, it is not trained (the generator's updates are the same either way).
         self.metric_from = first_metric_epoch(self.settings)
@@ -169,11 +172,11 @@ class _Run:
         self.session_start = time.monotonic()
         self.wall_before = self.run.wall_seconds
         self.last_save_time = self.session_start
-        if self.trainer.autocast_dtype is None and self.settings["precision"] != "fp32":
-            self.progress.note(f"precision {self.settings['precision']} needs CUDA; "
-                               f"training in float32 on {self.trainer.device.type}")
+        if self.gan.autocast_dtype is None and self.settings["precision"] != "fp32":
+            self.progress.warn(f"precision {self.settings['precision']} needs CUDA; "
+                               f"training in float32 on {self.gan.device.type}")
         scan = self._scan()
-        self.devices = self.processes.describe_all(self.trainer.device)
+        self.devices = self.processes.describe_all(self.gan.device)
         where = (self.devices[0] if not self.processes.distributed else
                  f"{self.processes.world} processes ({', '.join(dict.fromkeys(self.devices))})")
         self.progress.note(f"training {self.name} seed {self.seed} on {where}"
@@ -191,8 +194,8 @@ class _Run:
         if self.paths.last.is_file():
             checkpoint = load_checkpoint(self.paths.last)
             if checkpoint["identity"] == self.identity:
-                self.trainer.load_state_dict(checkpoint["trainer"])
-                set_rng_state(checkpoint["rng"], self.trainer.device)
+                self.gan.load_state_dict(checkpoint["trainer"])
+                set_rng_state(checkpoint["rng"], self.gan.device)
                 self.run = checkpoint["run"]
                 self.run.resumed += 1
                 self.saved_at = (self.run.epoch, self.run.global_step)
@@ -206,7 +209,7 @@ class _Run:
                          f"of {self.steps} ({self.run.global_step} steps done)")
                 self.progress.note(f"resuming from {self.paths.last}: {where}")
                 return
-            self.progress.note(f"{self.paths.last} was written with other settings, seed or "
+            self.progress.warn(f"{self.paths.last} was written with other settings, seed or "
                                "data; starting from scratch")
         if self.main:
             self.paths.best.unlink(missing_ok=True)
@@ -219,22 +222,22 @@ class _Run:
         if self.tensorboard_on:
             self.tb = tensorboard.TensorboardLog(self.paths.tensorboard, resume_step)
 
-    def _open_log(self, truncate_to: int) -> _JsonlLog | _NoLog:
+    def _open_log(self, truncate_to: int) -> JsonlLog | NoLog:
         """The live log (rank 0's; the other processes log nothing)."""
-        return _JsonlLog(self.paths.live_log, truncate_to) if self.main else _NoLog()
+        return JsonlLog(self.paths.live_log, truncate_to) if self.main else NoLog()
 
     def _train_epoch(self) -> None:
-        run, trainer = self.run, self.trainer
+        run, gan = self.run, self.gan
         if run.step == 0:
             run.start_epoch()
-            reset_peak_memory(trainer.device)
+            reset_peak_memory(gan.device)
         self.epoch_start = time.monotonic()
         use_metric_loss = self.metric_from is not None and run.epoch >= self.metric_from
         self.progress.start_epoch(run.epoch, self.epochs, run.step)
         for clean, noisy in self.batches.epoch(run.epoch, start=run.step):
             started = time.monotonic()
-            result = trainer.train_step(clean, noisy, use_metric_loss,
-                                        train_discriminator=self.metric_from is not None)
+            result = gan.train_step(clean, noisy, use_metric_loss,
+                                    train_discriminator=self.metric_from is not None)
             self._record_step(result, time.monotonic() - started)
             stop = self._stop_signal()
             if run.step < self.steps:  # the epoch end checkpoints anyway
@@ -281,7 +284,7 @@ class _Run:
                 run.epoch_disc_skipped += 1
         line = {"kind": "step", "epoch": run.epoch + 1, "step": run.global_step,
                 "gen_loss": _finite_or_none(result["gen_loss"]), "disc_loss": result["disc_loss"],
-                "lr": self.trainer.lr, "step_seconds": round(seconds, 4),
+                "lr": self.gan.lr, "step_seconds": round(seconds, 4),
                 "skipped": result["skipped"]}
         reason = result["reason"] or result["disc_reason"]
         if reason:
@@ -306,15 +309,15 @@ class _Run:
                 "precision: fp32.")
 
     def _end_epoch(self, use_metric_loss: bool) -> None:
-        run, trainer = self.run, self.trainer
-        val_loss, val_pesq = validate(trainer, self.valid_set, self.processes)
-        peak = round(self.processes.max([peak_memory_mb(trainer.device)])[0], 1)
+        run, gan = self.run, self.gan
+        val_loss, val_pesq = validate(gan, self.valid_set, self.processes)
+        peak = round(self.processes.max([peak_memory_mb(gan.device)])[0], 1)
         run.peak_memory_mb = max(run.peak_memory_mb, peak)
         train_loss = (run.epoch_loss_sum / run.epoch_loss_count
                       if run.epoch_loss_count else None)
         line = {"kind": "epoch", "epoch": run.epoch + 1, "gen_loss": train_loss,
                 "val_loss": _finite_or_none(val_loss), "val_pesq": _finite_or_none(val_pesq),
-                "lr": trainer.lr, "seconds": round(time.monotonic() - self.epoch_start, 3),
+                "lr": gan.lr, "seconds": round(time.monotonic() - self.epoch_start, 3),
                 "peak_memory_mb": peak,
                 "skipped_steps": run.epoch_skipped, "disc_skipped": run.epoch_disc_skipped,
                 "metric_loss": use_metric_loss}
@@ -322,7 +325,7 @@ class _Run:
         if self.tb is not None:
             self.tb.epoch(line, run.global_step)
         self.progress.epoch_line(line)
-        trainer.end_epoch()
+        gan.end_epoch()
         score = val_pesq if self.settings["best_key"] == "val_pesq" else val_loss
         if _better(score, run.best_score, higher=self.settings["best_key"] == "val_pesq"):
             run.best_score, run.best_epoch = score, run.epoch + 1
@@ -344,17 +347,17 @@ class _Run:
             self.tb.flush()  # the events up to the checkpoint are on disk with it
         if self.main:  # every process holds the same state
             save_checkpoint(self.paths.last, identity=self.identity,
-                            trainer_state=self.trainer.state_dict(), run=self.run,
-                            device=self.trainer.device)
+                            trainer_state=self.gan.state_dict(), run=self.run,
+                            device=self.gan.device)
         self.saved_at = (self.run.epoch, self.run.global_step)
         self.last_save_time = time.monotonic()
 
     def _scan(self) -> str | None:
         """The selective scan the Mamba blocks ran (None: the model has none)."""
-        return scan_used(self.ablation_cfg["model"], self.trainer.device)
+        return scan_used(self.ablation_cfg["model"], self.gan.device)
 
     def _save_model(self, path: Path) -> None:
-        save_model(path, self.trainer.generator, ablation=self.name,
+        save_model(path, self.gan.generator, ablation=self.name,
                    model_cfg=self.ablation_cfg["model"], config=self.config)
 
     def _write_outputs(self) -> dict[str, Any]:
@@ -366,11 +369,11 @@ class _Run:
             "skipped_steps": run.skipped_steps, "disc_skipped_steps": run.disc_skipped_steps,
             "best_epoch": run.best_epoch, "best_key": self.settings["best_key"],
             "best_score": run.best_score, "device": self.devices[0], "scan": self._scan(),
-            "precision": "fp32" if self.trainer.autocast_dtype is None else "bf16",
+            "precision": "fp32" if self.gan.autocast_dtype is None else "bf16",
             "deterministic": self.settings["deterministic"], "tf32": self.settings["tf32"],
             "data_workers": self.settings["data_workers"],
             "peak_memory_mb": run.peak_memory_mb, "resumed": run.resumed,
-            "params": count_parameters(self.trainer.generator)["total"],
+            "params": count_parameters(self.gan.generator)["total"],
             "processes": self.processes.world, "process_devices": self.devices,
             "batch_size": layout.batch_size, "accumulate": layout.accumulate,
             "micro_batch": layout.micro_batch,
@@ -384,13 +387,13 @@ class _Run:
         write_text(self.paths.log, self.paths.live_log.read_text())
         write_json(self.paths.summary, summary)
         self.progress.note(f"done: {run.global_step} steps, best {summary['best_key']} "
-                           f"{_fmt(run.best_score)} at epoch {run.best_epoch}; wrote "
+                           f"{fmt(run.best_score)} at epoch {run.best_epoch}; wrote "
                            f"{self.paths.model}")
         return summary
 
 
 @torch.no_grad()
-def validate(trainer: Trainer, dataset: EvalDataset,
+def validate(gan: EnhancementGan, dataset: EvalDataset,
              processes: Processes | None = None) -> tuple[float, float]:
     """Mean reconstruction loss and mean wide-band PESQ over whole utterances.
 
@@ -403,124 +406,25 @@ def validate(trainer: Trainer, dataset: EvalDataset,
     so the means are those of one process.
     """
     processes = processes or Processes()
-    trainer.generator.eval()
+    gan.generator.eval()
     indices = range(processes.rank, len(dataset), processes.world)
     losses, cleans, enhanced = [], [], []
     for index in indices:
         item = dataset[index]
-        clean = torch.as_tensor(item["clean"], dtype=torch.float32, device=trainer.device)
-        noisy = torch.as_tensor(item["noisy"], dtype=torch.float32, device=trainer.device)
-        wave, est_spec = enhance_with_spectrum(trainer.generator, noisy[None])
+        clean = torch.as_tensor(item["clean"], dtype=torch.float32, device=gan.device)
+        noisy = torch.as_tensor(item["noisy"], dtype=torch.float32, device=gan.device)
+        wave, est_spec = enhance_with_spectrum(gan.generator, noisy[None])
         clean_spec = stft(pad_hop(clean[None]))
-        losses.append(reconstruction_loss(est_spec, clean_spec, trainer.loss_cfg).item())
+        losses.append(reconstruction_loss(est_spec, clean_spec, gan.loss_cfg).item())
         cleans.append(clean.cpu().numpy())
         enhanced.append(wave[0].cpu().numpy())
-    pesq = trainer.pesq.scores(cleans, enhanced)
+    pesq = gan.pesq.scores(cleans, enhanced)
     if processes.distributed:
-        scored = sorted(row for rows in processes.gather(list(zip(indices, losses, pesq)))
-                        for row in rows)
+        mine = list(zip(indices, losses, pesq, strict=True))
+        scored = sorted(row for rows in processes.gather(mine) for row in rows)
         losses, pesq = [row[1] for row in scored], np.array([row[2] for row in scored])
     finite = pesq[np.isfinite(pesq)]
     return float(np.mean(losses)), float(finite.mean()) if finite.size else math.nan
-
-
-class _TerminationRequest:
-    """Records a SIGTERM (SLURM time limit, a cancelled job, an interrupted Snakemake) or a
-    SIGINT (Ctrl-C) instead of dying at once, so the run can checkpoint at the next step
-    boundary. Only in the main thread."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self) -> None:
-        self.signal: signal.Signals | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _record(self, signum: int, _frame: Any) -> None:
-        self.signal = signal.Signals(signum)
-
-    def __enter__(self) -> _TerminationRequest:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._record) for sig in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-
-
-class _JsonlLog:
-    """An append-only JSON-lines file, cut back to ``truncate_to`` bytes when opened (the
-    size recorded in the checkpoint being resumed), so redone steps are not logged twice."""
-
-    def __init__(self, path: Path, truncate_to: int) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+b") as handle:
-            handle.truncate(min(truncate_to, handle.seek(0, 2)))
-
-    def write(self, obj: Mapping[str, Any]) -> None:
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(obj, sort_keys=True) + "\n")
-
-    def size(self) -> int:
-        return self.path.stat().st_size
-
-
-class _NoLog:
-    """The log of a process other than rank 0: nothing is written."""
-
-    def write(self, obj: Mapping[str, Any]) -> None:
-        pass
-
-    def size(self) -> int:
-        return 0
-
-
-class _Progress:
-    """A tqdm bar per epoch on a terminal; plain lines every ``every`` steps otherwise;
-    nothing when ``quiet`` (the processes other than rank 0)."""
-
-    def __init__(self, label: str, steps: int, every: int, quiet: bool = False) -> None:
-        self.label, self.steps, self.every = label, steps, every
-        self.tty = sys.stderr.isatty() and not quiet
-        self.quiet = quiet
-        self.bar: tqdm | None = None
-
-    def note(self, message: str) -> None:
-        if self.quiet:
-            return
-        (tqdm.write if self.bar is not None else print)(f"[{self.label}] {message}",
-                                                          flush=True)
-
-    def start_epoch(self, epoch: int, epochs: int, done: int) -> None:
-        self.epoch_text = f"epoch {epoch + 1}/{epochs}"
-        self.done = done
-        if self.tty:
-            self.bar = tqdm(total=self.steps, initial=done, desc=self.epoch_text,
-                            leave=False, dynamic_ncols=True)
-
-    def step(self, line: Mapping[str, Any]) -> None:
-        self.done += 1
-        if self.bar is not None:
-            self.bar.set_postfix(loss=_fmt(line["gen_loss"]), lr=f"{line['lr']:.2e}",
-                                 refresh=False)
-            self.bar.update()
-        elif line["skipped"] or self.done % self.every == 0 or self.done == self.steps:
-            status = f" SKIPPED: {line['reason']}" if line["skipped"] else ""
-            self.note(f"{self.epoch_text} step {self.done}/{self.steps} gen_loss "
-                      f"{_fmt(line['gen_loss'])} disc_loss {_fmt(line['disc_loss'])} lr "
-                      f"{line['lr']:.2e} {line['step_seconds']:.2f} s/step{status}")
-
-    def end_epoch(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-    def epoch_line(self, line: Mapping[str, Any]) -> None:
-        self.note(f"{self.epoch_text} done in {line['seconds']:.1f} s: train loss "
-                  f"{_fmt(line['gen_loss'])}, val loss {_fmt(line['val_loss'])}, val PESQ "
-                  f"{_fmt(line['val_pesq'])}, skipped {line['skipped_steps']}, "
-                  f"discriminator skipped {line['disc_skipped']}")
 
 
 def _file_digest(path: Path) -> str:
@@ -536,6 +440,3 @@ def _better(score: float | None, best: float | None, *, higher: bool) -> bool:
 def _finite_or_none(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"

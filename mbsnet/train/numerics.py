@@ -24,14 +24,18 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
 CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG"
 #: A cuBLAS workspace setting with which cuBLAS is deterministic (CUDA >= 10.2).
 DETERMINISTIC_WORKSPACE = ":4096:8"
-#: The backends whose float32 precision ``tf32`` sets.
-_FP32_BACKENDS = (torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn.rnn)
+#: The backends whose float32 precision ``tf32`` sets (torch adds cudnn.conv and every
+#: fp32_precision at run time, unknown to its type stubs).
+_FP32_BACKENDS: tuple[Any, ...] = (torch.backends.cuda.matmul,
+                                   torch.backends.cudnn.conv,  # type: ignore[attr-defined]
+                                   torch.backends.cudnn.rnn)
 
 
 @contextlib.contextmanager
@@ -56,7 +60,7 @@ def numerics(deterministic: bool, tf32: bool) -> Iterator[None]:
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
         torch.backends.cudnn.deterministic = cudnn_deterministic
         torch.backends.cudnn.benchmark = benchmark
-        for backend, precision in zip(_FP32_BACKENDS, precisions):
+        for backend, precision in zip(_FP32_BACKENDS, precisions, strict=True):
             backend.fp32_precision = precision
         if workspace is None:
             os.environ.pop(CUBLAS_WORKSPACE, None)

@@ -1,5 +1,6 @@
-"""Where a training run's files go, and how many steps an epoch has: shared by the training
-loop and by what watches a run (:mod:`mbsnet.watch`), without importing torch."""
+"""Where a training run's files go (from :mod:`mbsnet.layout`), and how many steps an epoch
+has: shared by the training loop and by what watches a run (:mod:`mbsnet.watch`), without
+importing torch."""
 
 from __future__ import annotations
 
@@ -7,20 +8,25 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .. import layout
+
 
 class RunPaths:
-    """The files of one run directory."""
+    """The files of one run directory (``{ablation}/seed{seed}`` of :mod:`mbsnet.layout`)."""
 
     def __init__(self, out_dir: str | Path) -> None:
         self.out = Path(out_dir)
-        self.checkpoint_dir = self.out / "checkpoint"
-        self.last = self.checkpoint_dir / "last.pt"
-        self.best = self.checkpoint_dir / "best.pt"
-        self.live_log = self.checkpoint_dir / "train_log.jsonl"
-        self.model = self.out / "model.pt"
-        self.log = self.out / "train_log.jsonl"
-        self.summary = self.out / "train_summary.json"
-        self.tensorboard = self.out / "tensorboard"
+        self.checkpoint_dir = self._file(layout.CHECKPOINT)
+        self.last = self._file(layout.LAST_CHECKPOINT)
+        self.best = self._file(layout.BEST_CHECKPOINT)
+        self.live_log = self._file(layout.LIVE_LOG)
+        self.model = self._file(layout.MODEL)
+        self.log = self._file(layout.TRAIN_LOG)
+        self.summary = self._file(layout.TRAIN_SUMMARY)
+        self.tensorboard = self._file(layout.TENSORBOARD)
+
+    def _file(self, pattern: str) -> Path:
+        return self.out / layout.within(layout.RUN, pattern)
 
     def remove_stale_temporaries(self) -> list[Path]:
         """Delete half-written files a killed run left (``.NAME.*.tmp`` beside model.pt and

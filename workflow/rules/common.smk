@@ -1,26 +1,72 @@
-# Config validation, wildcard constraints and small helpers shared by every rule.
+# Config validation, the results tree's paths, wildcard constraints and small helpers shared
+# by every rule.
 import json
 import os
 import re
+import shlex
 from pathlib import Path
 
-from snakemake.utils import validate
+from snakemake.settings.types import DeploymentMethod
 
+from mbsnet import layout
 from mbsnet.config import ablation_config, config_hash, validate_config
 from mbsnet.models.spec import parse_model_config
 from mbsnet.train.distributed import Layout
 
-# The package's check first: same schema, but errors name the key path (data.source) and
-# cross-key checks (report.baseline) are added. Snakemake's own validation then fills defaults.
-validate_config(config, source="config")
-validate(config, "../schemas/config.schema.yaml", set_default=True)
+# The config's one validation, against mbsnet/schemas/config.schema.yaml: errors name the
+# key path (data.source), cross-key checks (report.baseline, parents) run, and the schema's
+# defaults are filled in, in place, so that every rule and resolved.yaml see them.
+config.update(validate_config(config, source="config"))
 
-RESERVED_NAMES = {"data", "noisy", "logs", "benchmarks", "config"}
+RESERVED_NAMES = layout.reserved_names()
 ABLATIONS = list(config["ablations"])
 SEEDS = [str(seed) for seed in config["seeds"]]
 THREADS = config["resources"]["threads"]
 ENV = "../../envs/mbsnet.yaml"
-MANIFEST = "results/data/manifest.tsv"
+
+
+def results(pattern):
+    """A path of the results tree (a pattern of mbsnet.layout, e.g. layout.MODEL) as the
+    rules name it: under results/, its {ablation} and {seed} left for Snakemake."""
+    return f"{layout.RESULTS}/{pattern}"
+
+
+def rule_log(rule):
+    """The rule's log: results/logs/..., as mbsnet.layout names it."""
+    return results(layout.log(rule))
+
+
+def rule_benchmark(rule):
+    """The rule's benchmark file: results/benchmarks/..., as mbsnet.layout names it."""
+    return results(layout.benchmark(rule))
+
+
+MANIFEST = results(layout.MANIFEST)
+
+
+def mbsnet_command():
+    """How a job starts the mbsnet command line: the installed `mbsnet`, or under
+    `--sdm conda` the package from this workflow's directory, since envs/mbsnet.yaml holds
+    only its dependencies (an env file cannot install the package: Snakemake creates the
+    environment from a copy in .snakemake/conda/, where a path to it would point elsewhere).
+    `env` sets PYTHONPATH, so that torchrun and srun, which start the first word of what
+    follows them, start it too."""
+    if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
+        return "mbsnet"
+    pythonpath = shlex.quote(f"PYTHONPATH={workflow.basedir}")
+    return f"env {pythonpath} python -m mbsnet"
+
+
+MBSNET = mbsnet_command()
+
+
+def mbsnet_shell(arguments, launcher=""):
+    """A rule's shell command: `mbsnet ARGUMENTS` (after `launcher`, a placeholder of the
+    command that starts several processes). Without --sdm conda it is the command as it
+    has always been: Snakemake reruns a job whose rule's command text changed."""
+    escaped = MBSNET.replace("{", "{{").replace("}", "}}")  # no placeholder in a path
+    return f"{launcher}{escaped} {arguments}"
+
 
 _clash = RESERVED_NAMES.intersection(ABLATIONS)
 if _clash:
@@ -37,7 +83,7 @@ wildcard_constraints:
     seed="|".join(SEEDS),
 
 
-RESOLVED_CONFIG = "results/config/resolved.yaml"
+RESOLVED_CONFIG = results(layout.RESOLVED_CONFIG)
 
 
 def write_resolved_config():
@@ -88,6 +134,11 @@ def training_cpus(wildcards):
     resources.threads: the workers share the cores Snakemake hands out."""
     training = ablation_config(config, wildcards.ablation)["training"]
     return THREADS + training["pesq_workers"] + training["data_workers"]
+
+
+# CPUs of an evaluation job on SLURM (`--cpus-per-task`): its threads and its scoring
+# worker processes. Locally the workers share the cores Snakemake hands out.
+EVALUATION_CPUS = THREADS + config["evaluation"]["workers"]
 
 
 # Above every training's priority: all profiles first (they are short).
@@ -190,7 +241,7 @@ def evaluation_settings(wildcards):
 
 
 def run_dir(wildcards):
-    return f"results/{wildcards.ablation}/seed{wildcards.seed}"
+    return results(layout.fill(layout.RUN, ablation=wildcards.ablation, seed=wildcards.seed))
 
 
 def all_runs(pattern):

@@ -4,9 +4,9 @@ rule prepare_data:
     output:
         manifest=MANIFEST,
     log:
-        "results/logs/prepare_data.log",
+        rule_log("prepare_data"),
     benchmark:
-        "results/benchmarks/prepare_data.tsv"
+        rule_benchmark("prepare_data")
     priority: PROFILE_PRIORITY  # every training needs it
     conda:
         ENV
@@ -16,4 +16,4 @@ rule prepare_data:
         out=subpath(output.manifest, parent=True),
         settings=data_settings,
     shell:
-        "mbsnet prepare --config {params.config} --out {params.out} > {log} 2>&1"
+        mbsnet_shell("prepare --config {params.config} --out {params.out} > {log} 2>&1")

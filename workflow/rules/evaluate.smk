@@ -8,26 +8,27 @@ import shlex
 
 rule evaluate:
     input:
-        model="results/{ablation}/seed{seed}/model.pt",
+        model=results(layout.MODEL),
         manifest=MANIFEST,
     output:
         metrics=report(
-            "results/{ablation}/seed{seed}/eval/metrics.tsv",
+            results(layout.EVAL_METRICS),
             caption="../report/metrics.rst",
             category="Evaluation",
             labels={"ablation": "{ablation}", "seed": "{seed}", "table": "per-utterance metrics"},
         ),
-        summary="results/{ablation}/seed{seed}/eval/summary.json",
-        example=directory("results/{ablation}/seed{seed}/eval/example"),
+        summary=results(layout.EVAL_SUMMARY),
+        example=directory(results(layout.EXAMPLE)),
     log:
-        "results/logs/evaluate/{ablation}_seed{seed}.log",
+        rule_log("evaluate"),
     benchmark:
-        "results/benchmarks/evaluate/{ablation}_seed{seed}.tsv"
+        rule_benchmark("evaluate")
     conda:
         ENV
     threads: THREADS
     resources:
         gpu=gpu_request,
+        cpus_per_task=EVALUATION_CPUS,
     params:
         out=subpath(output.metrics, parent=True),
         settings=evaluation_settings,
@@ -40,9 +41,11 @@ rule evaluate:
         workers=config["evaluation"]["workers"],
         device=ablation_device,
     shell:
-        "mbsnet evaluate --model {input.model} --data {input.manifest} --out {params.out}"
-        " --device {params.device} --workers {params.workers} --threads {threads}"
-        " {params.wavs} {params.example} > {log} 2>&1"
+        mbsnet_shell(
+            "evaluate --model {input.model} --data {input.manifest} --out {params.out}"
+            " --device {params.device} --workers {params.workers} --threads {threads}"
+            " {params.wavs} {params.example} > {log} 2>&1"
+        )
 
 
 rule evaluate_noisy:
@@ -50,22 +53,26 @@ rule evaluate_noisy:
         manifest=MANIFEST,
     output:
         metrics=report(
-            "results/noisy/eval/metrics.tsv",
+            results(layout.NOISY_METRICS),
             caption="../report/metrics.rst",
             category="Evaluation",
             labels={"ablation": "noisy", "seed": "-", "table": "per-utterance metrics"},
         ),
-        summary="results/noisy/eval/summary.json",
+        summary=results(layout.NOISY_SUMMARY),
     log:
-        "results/logs/evaluate/noisy.log",
+        rule_log("evaluate_noisy"),
     benchmark:
-        "results/benchmarks/evaluate/noisy.tsv"
+        rule_benchmark("evaluate_noisy")
     conda:
         ENV
     threads: THREADS
+    resources:
+        cpus_per_task=EVALUATION_CPUS,
     params:
         out=subpath(output.metrics, parent=True),
         workers=config["evaluation"]["workers"],
     shell:
-        "mbsnet evaluate --noisy --data {input.manifest} --out {params.out}"
-        " --workers {params.workers} > {log} 2>&1"
+        mbsnet_shell(
+            "evaluate --noisy --data {input.manifest} --out {params.out}"
+            " --workers {params.workers} > {log} 2>&1"
+        )

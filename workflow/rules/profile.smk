@@ -4,11 +4,11 @@
 # (priority): the trainings are the long jobs, and one started late decides when the run ends.
 rule profile:
     output:
-        "results/{ablation}/profile.json",
+        results(layout.PROFILE),
     log:
-        "results/logs/profile/{ablation}.log",
+        rule_log("profile"),
     benchmark:
-        "results/benchmarks/profile/{ablation}.tsv"
+        rule_benchmark("profile")
     priority: PROFILE_PRIORITY
     conda:
         ENV
@@ -22,5 +22,7 @@ rule profile:
         config=RESOLVED_CONFIG,
         settings=ablation_settings,
     shell:
-        "mbsnet profile --config {params.config} --ablation {wildcards.ablation}"
-        " --threads {resources.process_threads} --out {output} > {log} 2>&1"
+        mbsnet_shell(
+            "profile --config {params.config} --ablation {wildcards.ablation}"
+            " --threads {resources.process_threads} --out {output} > {log} 2>&1"
+        )

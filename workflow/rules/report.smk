@@ -1,32 +1,35 @@
 rule report:
     input:
-        evals=all_runs("results/{ablation}/seed{seed}/eval/metrics.tsv"),
-        examples=all_runs("results/{ablation}/seed{seed}/eval/example"),
-        train=all_runs("results/{ablation}/seed{seed}/train_summary.json"),
-        profiles=expand("results/{ablation}/profile.json", ablation=ABLATIONS),
-        noisy="results/noisy/eval/metrics.tsv",
+        evals=all_runs(results(layout.EVAL_METRICS)),
+        examples=all_runs(results(layout.EXAMPLE)),
+        train=all_runs(results(layout.TRAIN_SUMMARY)),
+        profiles=expand(results(layout.PROFILE), ablation=ABLATIONS),
+        noisy=results(layout.NOISY_METRICS),
     output:
         html=report(
-            "results/report.html",
+            results(layout.REPORT_HTML),
             caption="../report/report_html.rst",
             category="Report",
             labels={"file": "report"},
         ),
         tsv=report(
-            "results/summary.tsv",
+            results(layout.SUMMARY_TSV),
             caption="../report/summary_tsv.rst",
             category="Report",
             labels={"file": "summary table"},
         ),
-        md="results/summary.md",
+        md=results(layout.SUMMARY_MD),
     log:
-        "results/logs/report.log",
+        rule_log("report"),
     benchmark:
-        "results/benchmarks/report.tsv"
+        rule_benchmark("report")
     conda:
         ENV
     params:
         config=RESOLVED_CONFIG,
         settings=report_settings,
     shell:
-        "mbsnet report --config {params.config} --results results --out {output.html} > {log} 2>&1"
+        mbsnet_shell(
+            f"report --config {{params.config}} --results {layout.RESULTS}"
+            " --out {output.html} > {log} 2>&1"
+        )

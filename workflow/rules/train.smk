@@ -1,20 +1,21 @@
-# Checkpoints go to results/{ablation}/seed{seed}/checkpoint/, which is not declared:
-# Snakemake deletes the outputs of a failed job, and a rerun must resume from them.
+# Checkpoints go to results/{ablation}/seed{seed}/checkpoint/ (layout.CHECKPOINT), which is
+# not declared: Snakemake deletes the outputs of a failed job, and a rerun must resume from
+# them.
 # With training.devices N > 1 the training is N processes: locally under torchrun, on
 # SLURM a job of N tasks (and N GPUs) whose command starts them with srun (helpers in
 # common.smk).
 rule train:
     input:
         manifest=MANIFEST,
-        profile="results/{ablation}/profile.json",
+        profile=results(layout.PROFILE),
     output:
-        model="results/{ablation}/seed{seed}/model.pt",
-        log_jsonl="results/{ablation}/seed{seed}/train_log.jsonl",
-        summary="results/{ablation}/seed{seed}/train_summary.json",
+        model=results(layout.MODEL),
+        log_jsonl=results(layout.TRAIN_LOG),
+        summary=results(layout.TRAIN_SUMMARY),
     log:
-        "results/logs/train/{ablation}_seed{seed}.log",
+        rule_log("train"),
     benchmark:
-        "results/benchmarks/train/{ablation}_seed{seed}.tsv"
+        rule_benchmark("train")
     priority: train_priority
     conda:
         ENV
@@ -34,6 +35,9 @@ rule train:
         out=run_dir,
         settings=ablation_settings,
     shell:
-        "{resources.launcher}mbsnet train --config {params.config}"
-        " --ablation {wildcards.ablation} --seed {wildcards.seed} --data {input.manifest}"
-        " --out {params.out} --threads {resources.process_threads} > {log} 2>&1"
+        mbsnet_shell(
+            "train --config {params.config}"
+            " --ablation {wildcards.ablation} --seed {wildcards.seed} --data {input.manifest}"
+            " --out {params.out} --threads {resources.process_threads} > {log} 2>&1",
+            launcher="{resources.launcher}",
+        )

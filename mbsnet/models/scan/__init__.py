@@ -163,6 +163,8 @@ def _warn_fallback(reason: str) -> None:
 
 def _cuda_scan(x, delta, A, B, C, D):
     """The fused CUDA kernel, in its (batch, dim, length) / (batch, d_state, length) layout."""
-    fn, _ = mamba_ssm_probe()
+    fn, why = mamba_ssm_probe()
+    if fn is None:
+        raise RuntimeError(f"the fused CUDA scan is unavailable: {why}")
     y = fn(x.transpose(1, 2), delta.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), D)
     return y.transpose(1, 2).float()

@@ -39,6 +39,15 @@ class _Chunk:
     the slope buffer or decay itself where no clamp binds.
     """
 
+    # the views use() points at the buffers named in self.names
+    decay: torch.Tensor
+    drive: torch.Tensor
+    h: torch.Tensor
+    adj: torch.Tensor
+    slope: torch.Tensor | None
+    pre: torch.Tensor | None
+    da: torch.Tensor  # set by states() in backward
+
     def __init__(self, steps: int, max_batch: int, A: torch.Tensor, mode: str,
                  clamps: sm.Clamps, backward: bool):
         self.steps, self.A, self.clamps, self.backward = steps, A, clamps, backward
@@ -47,14 +56,14 @@ class _Chunk:
         if backward and self.clamp_states:
             self.names += ["slope", "pre"]
         self._flat = [A.new_empty(steps * max_batch * A.numel()) for _ in self.names]
-        self.slope = self.pre = self.da = None
+        self.slope = self.pre = None
         self.clamped = False  # whether the state clamp held in the chunk of the last states()
         self.peak = 0.0       # max|h| in that chunk, where states() measured it
 
     def use(self, batch: int) -> _Chunk:
         """Point the buffers at [steps, batch, dim, d_state] views."""
         shape = (self.steps, batch, *self.A.shape)
-        for name, flat in zip(self.names, self._flat):
+        for name, flat in zip(self.names, self._flat, strict=True):
             setattr(self, name, flat[:math.prod(shape)].view(shape))
         return self
 
@@ -69,8 +78,8 @@ class _Chunk:
         steps = delta.shape[0]
         decay, drive, h = self.decay[:steps], self.drive[:steps], self.h[:steps]
         if self.backward:
-            slope, pre = (None, None) if self.pre is None else (self.slope[:steps],
-                                                                self.pre[:steps])
+            slope, pre = (None, None) if self.slope is None or self.pre is None \
+                else (self.slope[:steps], self.pre[:steps])
             _, self.da = sm.decay_and_slope(delta, self.A, self.clamps, decay, slope, pre)
         else:
             sm.decay(delta, self.A, self.clamps, decay)
@@ -90,7 +99,10 @@ class _Chunk:
     def state_mask(self, steps: int) -> torch.Tensor | None:
         """Where the state clamp let the gradient through (backward), or None when it held
         nowhere in the chunk."""
-        return torch.eq(self.pre[:steps], self.h[:steps]) if self.clamped else None
+        if not self.clamped:
+            return None
+        assert self.pre is not None  # the clamp holds in backward only as coded, which keeps pre
+        return torch.eq(self.pre[:steps], self.h[:steps])
 
     def adjoints(self, steps: int, g: torch.Tensor, C: torch.Tensor,
                  carry: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
@@ -106,11 +118,12 @@ class _Chunk:
             lams[-1].add_(carry)
         after = decay[1:]
         if mask is not None:  # m_t·(v + a·λ) = m_t·v + (m_t·a)·λ: the loop stays one op a step
+            assert self.pre is not None  # a mask comes from state_mask, which needs pre
             lam.mul_(mask)
             after = torch.mul(after, mask[:-1], out=self.pre[:steps - 1])
-        after = after.unbind(0)
+        afters = after.unbind(0)
         for t in range(steps - 2, -1, -1):
-            torch.addcmul(lams[t], after[t], lams[t + 1], out=lams[t])
+            torch.addcmul(lams[t], afters[t], lams[t + 1], out=lams[t])
         return decay[0] * lams[0]
 
 
@@ -119,7 +132,7 @@ def _recur(h0: torch.Tensor, decay: torch.Tensor, drive: torch.Tensor, h: torch.
     """h_t = a_t·h_{t-1} + u_t from h0 into h, clamped to ±limit after every step if one is
     given (keeping the values before the clamp in pre if given)."""
     prev = h0
-    rows = zip(decay.unbind(0), drive.unbind(0), h.unbind(0))
+    rows = zip(decay.unbind(0), drive.unbind(0), h.unbind(0), strict=True)
     if limit is None:
         for a_t, u_t, h_t in rows:
             prev = torch.addcmul(u_t, a_t, prev, out=h_t)
@@ -127,7 +140,7 @@ def _recur(h0: torch.Tensor, decay: torch.Tensor, drive: torch.Tensor, h: torch.
         for a_t, u_t, h_t in rows:
             prev = torch.addcmul(u_t, a_t, prev, out=h_t).clamp_(-limit, limit)
     else:
-        for (a_t, u_t, h_t), p_t in zip(rows, pre.unbind(0)):
+        for (a_t, u_t, h_t), p_t in zip(rows, pre.unbind(0), strict=True):
             prev = torch.clamp(torch.addcmul(u_t, a_t, prev, out=p_t), -limit, limit, out=h_t)
 
 
@@ -246,7 +259,7 @@ def chunked_backward(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: t
         for c in reversed(range(len(chunks))):
             tc = chunks[c]
             d_c, x_c, B_c = dt[tc, sb], xt[tc, sb], Bt[tc, sb]
-            g_c = sm.output_grad(gt[tc, sb], None if keep is None else keep_t[tc, sb])
+            g_c = sm.output_grad(gt[tc, sb], None if keep_t is None else keep_t[tc, sb])
             h0 = boundary[c, sb]
             T = buf.states(h0, d_c, x_c, B_c, (c, sb.start) in clamped)
             carry = buf.adjoints(T, g_c, Ct[tc, sb], carry, buf.state_mask(T))

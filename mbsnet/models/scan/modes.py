@@ -169,7 +169,7 @@ def finish_(y: torch.Tensor, x: torch.Tensor, D: torch.Tensor, mode: str) -> tor
     # a float comparison and a cast, slice by slice into one small float buffer: on the CPU
     # several times faster than a comparison into bool
     work = y.new_empty(min(SLICE, y.numel()))
-    for y_s, keep_s in zip(y.view(-1).split(SLICE), keep.view(-1).split(SLICE)):
+    for y_s, keep_s in zip(y.view(-1).split(SLICE), keep.view(-1).split(SLICE), strict=True):
         keep_s.copy_(torch.abs(y_s, out=work[:y_s.numel()]).le_(OUTPUT_LIMIT))
     y.clamp_(-OUTPUT_LIMIT, OUTPUT_LIMIT)
     return keep

@@ -1,5 +1,5 @@
-"""One ablation's training state (generator, discriminator, optimizers, schedulers) and
-one full training step of the BSRNN/MetricGAN recipe."""
+"""The enhancement GAN of one ablation (generator, discriminator, optimizers, schedulers)
+and one full training step of the BSRNN/MetricGAN recipe; :mod:`.loop` runs it."""
 
 from __future__ import annotations
 
@@ -41,9 +41,13 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
-class Trainer:
-    """Models, optimizers and schedulers of one ablation, built from its resolved settings
-    (:func:`mbsnet.config.ablation_config`); :meth:`train_step` runs one step.
+class EnhancementGan:
+    """What one ablation trains, built from its resolved settings
+    (:func:`mbsnet.config.ablation_config`): the generator (the enhancement model), the
+    MetricGAN discriminator, their Adam optimizers and step learning-rate schedulers, the
+    bf16 autocast, the data-parallel wrapping of both networks, and :meth:`train_step`, one
+    optimisation step of both. It does not run a training: :func:`.loop.train` drives it
+    through the epochs, validates, logs and checkpoints it.
 
     Seed the global RNGs before constructing it: the initial weights come from them.
     PESQ for the discriminator targets runs in ``training.pesq_workers`` processes;
@@ -177,24 +181,25 @@ class Trainer:
 
     def _discriminator_step(self, parts: list[_Part], est_specs: list[torch.Tensor]
                             ) -> tuple[float | None, str | None]:
-        ests = [istft(e, length=p.clean.shape[-1]) for p, e in zip(parts, est_specs)]
+        ests = [istft(e, length=p.clean.shape[-1]) for p, e in zip(parts, est_specs, strict=True)]
         clean, est, noisy = (t[0] if len(parts) == 1 else torch.cat(t) for t in
                              ([p.clean for p in parts], ests, [p.noisy for p in parts]))
         targets = metric_targets(self.pesq, clean, est, noisy)
         if self.processes.any(targets is None):  # the recipe skips the step for the batch
             return None, "PESQ failed for the batch"
+        assert targets is not None  # any() above holds whenever this process's is None
         target_est, target_noisy = targets
         power = self.loss_cfg["compress"]
         self.disc_optimizer.zero_grad(set_to_none=True)
         losses = []
-        for (part, rewind), est_spec in zip(self._in_turn(parts), est_specs):
-            mags = [compressed_magnitude(s, power)
-                    for s in (part.clean_spec, est_spec, part.noisy_spec)]
+        for (part, rewind), est_spec in zip(self._in_turn(parts), est_specs, strict=True):
+            clean_mag, est_mag, noisy_mag = (compressed_magnitude(s, power)
+                                             for s in (part.clean_spec, est_spec, part.noisy_spec))
             items = part.piece.items
             with self._each(self._disc, part, rewind):
                 with self.autocast():
-                    loss = discriminator_loss(self._disc, *mags, target_est[items],
-                                              target_noisy[items])
+                    loss = discriminator_loss(self._disc, clean_mag, est_mag, noisy_mag,
+                                              target_est[items], target_noisy[items])
                 losses.append(self._backward(loss, part.piece.weight))
         disc_loss, reason = self._update(losses, self.discriminator, self.disc_optimizer)
         if reason is not None:
@@ -237,6 +242,7 @@ class Trainer:
         stepped unless a loss or the averaged gradient is non-finite anywhere; else no
         update, the gradients cleared, and the reason."""
         bad = [value for value, _ in losses if not math.isfinite(value)]
+        bad_count: float  # summed over the processes as a float
         if len(losses) == 1 and not self.processes.distributed:
             mean, bad_count = losses[0][0], len(bad)
         else:
@@ -270,6 +276,7 @@ class Trainer:
             self.disc_scheduler.step()
 
     def state_dict(self) -> dict[str, Any]:
+        """Both networks', optimizers' and schedulers' states, as a checkpoint stores them."""
         return {name: getattr(self, name).state_dict() for name in _STATEFUL}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -280,7 +287,7 @@ class Trainer:
         """Stop the PESQ worker processes."""
         self.pesq.close()
 
-    def __enter__(self) -> Trainer:
+    def __enter__(self) -> EnhancementGan:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -294,6 +301,9 @@ def first_metric_epoch(settings: Mapping[str, Any]) -> int | None:
     return first if first < settings["epochs"] else None
 
 
+#: The attributes in :meth:`EnhancementGan.state_dict`, each under its own name: these are
+#: the keys of a checkpoint's ``trainer`` entry, so a renamed attribute must keep its key
+#: (or saved checkpoints stop loading).
 _STATEFUL = ("generator", "discriminator", "gen_optimizer", "disc_optimizer",
              "gen_scheduler", "disc_scheduler")
 

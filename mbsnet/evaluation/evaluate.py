@@ -5,8 +5,8 @@ utterance in eval/example/. Without a model the unprocessed noisy input is score
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,14 +16,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .atomic import atomic_dir, atomic_path, write_json
-from .data.manifest import example_utterance, read_split
-from .device import describe as describe_device
+from ..atomic import atomic_dir, atomic_path, write_json
+from ..data.manifest import example_utterance, read_split
+from ..device import describe as describe_device
+from ..errors import DataError
+from ..metrics import METRICS, iter_scores
+from ..stats import t_half_width
+from ..wavio import read_16k, write_wav_16k
 from .enhance import enhance_waveform, model_device
-from .errors import DataError
-from .metrics import METRICS, iter_scores
-from .stats import t_half_width
-from .wavio import read_16k, write_wav_16k
 
 NOISY = "noisy"
 COLUMNS = ("utt_id", "system", "snr", "noise", *METRICS, "error")
@@ -31,8 +31,7 @@ COLUMNS = ("utt_id", "system", "snr", "noise", *METRICS, "error")
 EXAMPLE_DIR = "example"
 
 
-def _warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+logger = logging.getLogger(__name__)
 
 
 def example_ids(rows: pd.DataFrame, wanted: Sequence[str] | None, split: str,
@@ -49,7 +48,7 @@ def example_ids(rows: pd.DataFrame, wanted: Sequence[str] | None, split: str,
             kept.append(example_utterance(rows, utt, split=split, key="example utterance",
                                           where=str(manifest)))
         except DataError as exc:
-            _warn(f"{exc}; no enhanced WAV is kept for it")
+            logger.warning(f"warning: {exc}; no enhanced WAV is kept for it")
     return kept
 
 
@@ -57,7 +56,7 @@ def _enhanced_pairs(model: nn.Module, rows: pd.DataFrame, wav_dir: Path | None,
                     example_dir: Path | None,
                     examples: set[str]) -> Iterator[tuple[str, np.ndarray]]:
     """(clean path, enhanced float32 signal) per row; enhancement runs here, lazily."""
-    for utt_id, clean, noisy in zip(rows["utt_id"], rows["clean"], rows["noisy"]):
+    for utt_id, clean, noisy in zip(rows["utt_id"], rows["clean"], rows["noisy"], strict=True):
         wave = torch.from_numpy(read_16k(noisy, dtype="float32"))
         enhanced = enhance_waveform(model, wave).cpu().numpy()
         if wav_dir is not None:
@@ -74,7 +73,7 @@ def _keep(folder: Path, shown: str, utt_id: str, enhanced: np.ndarray) -> None:
         write_wav_16k(folder / f"{utt_id}.wav", enhanced)
     except DataError as exc:   # write_wav_16k's check of the samples
         why = str(exc).split("(samples to write): ")[-1]
-        _warn(f"{shown}/{utt_id}.wav not written: {why}")
+        logger.warning(f"warning: {shown}/{utt_id}.wav not written: {why}")
 
 
 def metrics_table(rows: pd.DataFrame, scores: list[dict[str, Any]], system: str) -> pd.DataFrame:
@@ -143,6 +142,8 @@ def evaluate(manifest: str | Path, out: str | Path, *, model: nn.Module | None =
     split's first utterance) and with ``save_wavs`` wavs/ for every utterance; returns the
     summary."""
     rows = read_split(manifest, split)
+    logger.debug(f"evaluate {system}: {len(rows)} {split} utterances of {manifest}, "
+                 f"{workers} scoring process(es)")
     out = Path(out)
     with contextlib.ExitStack() as stack:
         wav_dir = example_dir = None
@@ -153,7 +154,7 @@ def evaluate(manifest: str | Path, out: str | Path, *, model: nn.Module | None =
                 wav_dir = stack.enter_context(atomic_dir(out / "wavs"))
             pairs = _enhanced_pairs(model.eval(), rows, wav_dir, example_dir, keep)
         else:
-            pairs = zip(rows["clean"], rows["noisy"])
+            pairs = zip(rows["clean"], rows["noisy"], strict=True)
         scores = list(iter_scores(pairs, workers=workers, progress=progress, total=len(rows),
                                   desc=f"evaluate {system}"))
     table = metrics_table(rows, scores, system)
@@ -162,3 +163,31 @@ def evaluate(manifest: str | Path, out: str | Path, *, model: nn.Module | None =
     summary["device"] = None if model is None else describe_device(model_device(model))
     write_outputs(out, table, summary)
     return summary
+
+
+def evaluate_saved(model_file: str | Path, manifest: str | Path, out: str | Path, *,
+                   device: torch.device, **options: Any) -> dict[str, Any]:
+    """:func:`evaluate` of a model.pt written by `mbsnet train`, run on ``device``; the
+    system is named after the ablation the model was trained as."""
+    from ..models import load_model
+
+    model, info = load_model(model_file, map_location=device)
+    return evaluate(manifest, out, model=model, system=info["ablation"], **options)
+
+
+def summary_line(summary: dict[str, Any], out: str | Path, examples: bool = True) -> str:
+    """The line `mbsnet evaluate` ends with: the system, its mean scores, failures, where
+    the results went and (``examples``) which example WAVs ``out`` keeps."""
+    overall = summary["overall"]
+    failed = sum(summary["failed"].values())
+    where = f" on {summary['device']}" if summary["device"] else ""
+    kept = ", ".join(sorted(p.stem for p in (Path(out) / EXAMPLE_DIR).glob("*.wav")))
+    example = f" (example: {kept or 'none kept'})" if examples else ""
+    return (f"{summary['system']}: {summary['n']} utterances{where}, "
+            f"PESQ {_mean(overall['pesq_wb'])}, "
+            f"STOI {_mean(overall['stoi'])}, SI-SDR {_mean(overall['si_sdr'])}"
+            f"{f', {failed} failed metric values' if failed else ''} -> {out}{example}")
+
+
+def _mean(stats: dict[str, Any]) -> str:
+    return "n/a" if stats["mean"] is None else f"{stats['mean']:.3f}"

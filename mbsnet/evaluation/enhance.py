@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .atomic import check_writable
-from .audio import HOP, istft, stft
-from .errors import DataError
-from .wavio import AUDIO_SUFFIXES, read_16k_mono, write_wav_16k
+from ..atomic import check_writable
+from ..audio import HOP, istft, stft
+from ..errors import DataError
+from ..wavio import AUDIO_SUFFIXES, read_16k_mono, write_wav_16k
 
 
 def model_device(model: nn.Module) -> torch.device:
