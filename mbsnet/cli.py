@@ -19,7 +19,9 @@ logger = logging.getLogger(__name__)
 
 
 def command_names() -> list[str]:
-    return sorted(info.name for info in pkgutil.iter_modules(commands.__path__))
+    """The sub-commands: every public module of mbsnet.commands (``_options`` is shared)."""
+    return sorted(info.name for info in pkgutil.iter_modules(commands.__path__)
+                  if not info.name.startswith("_"))
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

@@ -7,7 +7,7 @@ import logging
 
 from ..device import select_device
 from ..evaluation.enhance import audio_files, enhance_files
-from . import options
+from . import _options as options
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from ..atomic import check_writable
 from ..device import select_device, set_threads
 from ..errors import UsageError
 from ..evaluation.evaluate import EXAMPLE_DIR, NOISY, evaluate, evaluate_saved, summary_line
-from . import options
+from . import _options as options
 
 logger = logging.getLogger(__name__)
 

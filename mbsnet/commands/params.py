@@ -7,7 +7,7 @@ import json
 
 from ..config import load_config
 from ..models.params import config_parameters, format_table
-from . import options
+from . import _options as options
 
 HELP = "Print the parameter count of every configured ablation (total and per module)."
 

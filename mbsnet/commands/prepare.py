@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..config import load_config
 from ..data.prepare import prepare_corpus
-from . import options
+from . import _options as options
 
 HELP = ("Prepare the corpus in results/data: the built-in synthetic one (data.source: "
         "synthetic) or a VoiceBank-DEMAND import (data.source: voicebank).")

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from . import options
+from . import _options as options
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..config import load_config
 from ..errors import DataError
-from . import options
+from . import _options as options
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .. import layout
-from . import options
+from . import _options as options
 
 HELP = ("Train one ablation with one seed; a rerun resumes from OUT/checkpoint/last.pt. "
         "Writes OUT/model.pt, OUT/train_log.jsonl and OUT/train_summary.json. With "
