@@ -172,28 +172,31 @@ def worker_cores(wildcards):
     return 1 if training["pesq_workers"] + training["data_workers"] > 0 else 0
 
 
-def train_threads(wildcards):
-    """Cores a training holds locally: resources.threads, plus worker_cores, for each of
-    its processes."""
-    return (THREADS + worker_cores(wildcards)) * train_processes(wildcards)
-
-
-def process_threads(wildcards, threads):
-    """Torch threads of each of the training's processes: resources.threads, or fewer when
-    `--cores` capped the cores Snakemake gave the job."""
-    processes = train_processes(wildcards)
-    return max(1, min(THREADS, threads // processes - worker_cores(wildcards)))
-
-
 def profile_threads(wildcards):
-    """Cores a profile holds locally: those of one training process, which it measures (so
-    its step time is measured at the share of the CPU a training step gets)."""
+    """Cores one training process holds locally: resources.threads plus worker_cores. Its
+    profile holds the same, so the step is measured at the share of the CPU it will get."""
     return THREADS + worker_cores(wildcards)
 
 
+def train_threads(wildcards):
+    """Cores a training holds locally: those of one process (profile_threads) per process."""
+    return profile_threads(wildcards) * train_processes(wildcards)
+
+
+def torch_threads(wildcards, cores):
+    """Torch threads of a process given `cores`: resources.threads, or fewer when `--cores`
+    capped the cores Snakemake gave the job (its workers keep their core)."""
+    return max(1, min(THREADS, cores - worker_cores(wildcards)))
+
+
+def process_threads(wildcards, threads):
+    """Torch threads of each of the training's processes (their share of `threads`)."""
+    return torch_threads(wildcards, threads // train_processes(wildcards))
+
+
 def profile_process_threads(wildcards, threads):
-    """Torch threads of the profile: resources.threads, or fewer under a smaller `--cores`."""
-    return max(1, min(THREADS, threads - worker_cores(wildcards)))
+    """Torch threads of the profile."""
+    return torch_threads(wildcards, threads)
 
 
 def train_mem_mb(wildcards):
