@@ -172,7 +172,7 @@ def scan_exactness(device: str) -> list[dict[str, Any]]:
     rows = []
     for mode in scan.SCAN_MODES:
         expected = scan.selective_scan_reference(x, delta, A, B, C, D, mode=mode)
-        for forced in ("mamba_ssm", "parallel", "chunked"):
+        for forced in ("mamba_ssm", "parallel", "native", "chunked"):
             os.environ["MBSNET_SCAN"] = forced
             try:
                 y = scan.selective_scan(x, delta, A, B, C, D, mode=mode)

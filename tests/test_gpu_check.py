@@ -8,6 +8,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
+
+from mbsnet.models.scan import scan_implementation
 
 from .helpers import ROOT, TINY_CONFIG
 
@@ -27,13 +30,13 @@ def test_gpu_check_runs_its_whole_logic_on_the_cpu(tmp_path):
     for row in rows:
         assert row["ok"]
         assert row["steps"] == 2
-        assert row["scan"] == "chunked"
+        assert row["scan"] == scan_implementation(torch.device("cpu"))
         assert row["device"] == "cpu"
         assert row["precision_ran"] == "fp32"
     assert report["concurrent"] == {"skipped": "fewer than two GPUs visible"}
     compared = {(r["mode"], r["scan"]): r for r in report["scan_exactness"]}
     for mode in ("exact", "as_coded"):
-        for scan in ("parallel", "chunked"):
+        for scan in ("parallel", "native", "chunked"):
             assert compared[mode, scan]["ok"], compared[mode, scan]
         assert "error" in compared[mode, "mamba_ssm"]  # no CUDA here
     assert "mamba" in result.stdout

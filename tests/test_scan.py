@@ -1,5 +1,6 @@
-"""The selective scan: both modes of both PyTorch implementations against the sequential
-reference (values and gradients), the choice of implementation, dtype, memory and op counts."""
+"""The selective scan: both modes of the native and both PyTorch implementations against the
+sequential reference (values and gradients), the choice of implementation, dtype, memory and
+op counts."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 from mbsnet.models import scan
 from mbsnet.models.scan import (
     ChunkedScan,
+    NativeScan,
     ParallelScan,
     scan_implementation,
     selective_scan,
@@ -30,7 +32,8 @@ from mbsnet.models.scan import parallel as scan_parallel
 from .helpers import ROOT
 
 NAMES = ("x", "delta", "A", "B", "C", "D")
-FUNCTIONS = {"chunked": ChunkedScan, "parallel": ParallelScan}
+FUNCTIONS = {"native": NativeScan, "chunked": ChunkedScan, "parallel": ParallelScan}
+ALL = list(FUNCTIONS)
 
 
 def make_inputs(batch, length, dim, d_state, dtype=torch.float32, seed=0):
@@ -122,7 +125,7 @@ def fresh_probe():
 
 # --- exactness of both implementations, both modes ------------------------------------------
 
-@pytest.mark.parametrize("impl", ["chunked", "parallel"])
+@pytest.mark.parametrize("impl", ALL)
 @pytest.mark.parametrize("mode", ["exact", "as_coded"])
 @pytest.mark.parametrize("shape", [
     (2, 37, 5, 4),    # length not a multiple of the chunk (nor a power of two)
@@ -134,7 +137,7 @@ def test_matches_reference_forward_and_gradients(impl, mode, shape):
     assert_matches_reference(scan_fn(impl, mode), make_inputs(*shape), mode)
 
 
-@pytest.mark.parametrize("impl", ["chunked", "parallel"])
+@pytest.mark.parametrize("impl", ALL)
 @pytest.mark.parametrize("mode", ["exact", "as_coded"])
 def test_non_contiguous_inputs(impl, mode):
     """As the Mamba block passes them: x a transposed conv output, B and C slices of x_proj."""
@@ -144,7 +147,7 @@ def test_non_contiguous_inputs(impl, mode):
     assert_matches_reference(scan_fn(impl, mode), [t.requires_grad_() for t in inputs], mode)
 
 
-@pytest.mark.parametrize("impl", ["chunked", "parallel"])
+@pytest.mark.parametrize("impl", ALL)
 def test_as_coded_matches_reference_with_every_clamp_active(impl):
     inputs = make_clamped_inputs(3, 40, 6, 5, seed=11)
     counts = clamp_counts(*inputs[:5])
@@ -152,7 +155,7 @@ def test_as_coded_matches_reference_with_every_clamp_active(impl):
     assert_matches_reference(scan_fn(impl, "as_coded"), inputs, "as_coded")
 
 
-@pytest.mark.parametrize("impl", ["chunked", "parallel"])
+@pytest.mark.parametrize("impl", ALL)
 def test_as_coded_at_mamba_initialisation(impl):
     """Δ in Mamba's initial range (down to below 1e-3) and A = -(1..N): of the input clamps
     only the decay's 0.999 holds, the others are skipped (and must be)."""
@@ -167,17 +170,18 @@ def test_as_coded_at_mamba_initialisation(impl):
     assert_matches_reference(scan_fn(impl, "as_coded"), inputs, "as_coded")
 
 
-def test_as_coded_state_clamp_in_a_single_chunk_of_many():
-    """The state clamp holds in one chunk only: that chunk takes the clamped recurrence and
-    masks the adjoint, the others the unclamped one; carries cross both kinds."""
+@pytest.mark.parametrize("impl", ["native", "chunked"])
+def test_as_coded_state_clamp_in_a_single_chunk_of_many(impl):
+    """The state clamp holds in a few steps only (chunked: in one chunk, which takes the
+    clamped recurrence and masks the adjoint, the others the unclamped one)."""
     inputs = [t.detach() for t in make_inputs(2, 48, 4, 3, seed=12)]
     inputs[0][:, 20:23] *= 400  # states beyond ±100 from step 20, decaying later
     inputs = [t.requires_grad_() for t in inputs]
     assert clamp_counts(*inputs[:5])["state"] > 0
-    assert_matches_reference(scan_fn("chunked", "as_coded"), inputs, "as_coded")
+    assert_matches_reference(scan_fn(impl, "as_coded"), inputs, "as_coded")
 
 
-@pytest.mark.parametrize("impl", ["chunked", "parallel"])
+@pytest.mark.parametrize("impl", ALL)
 def test_as_coded_ignores_D(impl):
     inputs = [t.detach() for t in make_inputs(2, 19, 4, 3, seed=13)]
     y = FUNCTIONS[impl].apply(*inputs, "as_coded")
@@ -243,7 +247,7 @@ def test_parallel_as_coded_uses_the_prefix_scan_unless_a_state_leaves_100(monkey
     assert calls == ["as_coded"]
 
 
-@pytest.mark.parametrize("impl", ["chunked", "parallel"])
+@pytest.mark.parametrize("impl", ALL)
 def test_as_coded_survives_gradient_checkpointing(monkeypatch, impl):
     monkeypatch.setenv("MBSNET_SCAN", impl)
     inputs = make_clamped_inputs(2, 25, 4, 3, seed=16)
@@ -299,7 +303,7 @@ def test_dispatch_modes_see_every_op(monkeypatch):
     assert counts[0] == counts[1] > 0
 
 
-@pytest.mark.parametrize("impl", ["chunked", "parallel"])
+@pytest.mark.parametrize("impl", ["chunked", "parallel"])  # float64: never native
 def test_gradcheck_float64(monkeypatch, impl):
     monkeypatch.setattr(scan_chunked, "CHUNK", 4)
     monkeypatch.setattr(scan_chunked, "WORKSET", 4 * 3 * 2)  # one sequence per sub-batch
@@ -309,7 +313,7 @@ def test_gradcheck_float64(monkeypatch, impl):
                                     rtol=1e-5)
 
 
-@pytest.mark.parametrize("impl", ["chunked", "parallel"])
+@pytest.mark.parametrize("impl", ["chunked", "parallel"])  # float64: never native
 def test_gradcheck_float64_as_coded(monkeypatch, impl):
     """Away from the clamps' edges (none within 1e-3 of its bound), with all but the Δ·A
     clamp holding somewhere: the gradient is exact there, zero where a clamp holds."""
@@ -390,6 +394,7 @@ def test_sub_batch_buffers_stay_within_workset():
     lambda t: selective_scan(*t, mode="foo"),
     lambda t: selective_scan_reference(*t, mode="foo"),
     lambda t: ChunkedScan.apply(*t, "foo"),
+    lambda t: NativeScan.apply(*t, "foo"),
     lambda t: ParallelScan.apply(*t, "foo"),
     lambda t: scan_implementation(torch.device("cpu"), "foo"),
 ])
@@ -450,8 +455,23 @@ def test_implementation_on_the_cpu(monkeypatch, fresh_probe):
     fake_mamba_ssm(monkeypatch, kernel=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        assert scan_implementation(torch.device("cpu"), "exact") == "native"
+        assert scan_implementation(torch.device("cpu"), "as_coded") == "native"
+
+
+def test_implementation_on_the_cpu_without_a_compiler(monkeypatch, fresh_probe):
+    """The native scan cannot be built: the chunked scan runs, with one warning saying why."""
+    monkeypatch.setattr(scan, "native_library", lambda: (None, "no C++ compiler: set CXX"))
+    with pytest.warns(RuntimeWarning, match=r"chunked scan \(the native scan cannot be built: "
+                                            r"no C\+\+ compiler: set CXX\)"):
         assert scan_implementation(torch.device("cpu"), "exact") == "chunked"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         assert scan_implementation(torch.device("cpu"), "as_coded") == "chunked"
+    monkeypatch.setenv("MBSNET_SCAN", "native")
+    with pytest.raises(RuntimeError, match="MBSNET_SCAN=native, but the native scan cannot "
+                                           "run: no C\\+\\+ compiler"):
+        scan_implementation(torch.device("cpu"))
 
 
 def test_implementation_on_cuda_with_the_kernel(monkeypatch, fresh_probe):
@@ -474,7 +494,7 @@ def test_implementation_on_cuda_without_the_kernel_warns_once(monkeypatch, fresh
         assert scan_implementation(cuda, "exact") == "parallel"
 
 
-@pytest.mark.parametrize("forced", ["parallel", "chunked"])
+@pytest.mark.parametrize("forced", ["parallel", "native", "chunked"])
 def test_forcing_a_pytorch_scan(monkeypatch, fresh_probe, forced):
     fake_mamba_ssm(monkeypatch, kernel=True)
     monkeypatch.setenv("MBSNET_SCAN", forced)
@@ -507,13 +527,13 @@ def test_forcing_mamba_ssm(monkeypatch, fresh_probe):
 @pytest.mark.parametrize("value", ["", "auto"])
 def test_auto_is_the_default(monkeypatch, fresh_probe, value):
     monkeypatch.setenv("MBSNET_SCAN", value)
-    assert scan_implementation(torch.device("cpu")) == "chunked"
+    assert scan_implementation(torch.device("cpu")) == "native"
 
 
 def test_bad_forced_value_names_the_variable(monkeypatch):
     monkeypatch.setenv("MBSNET_SCAN", "fast")
     with pytest.raises(ValueError, match="MBSNET_SCAN must be one of auto, mamba_ssm, parallel, "
-                                         "chunked; got 'fast'"):
+                                         "native, chunked; got 'fast'"):
         selective_scan(*(t.detach() for t in make_inputs(1, 3, 2, 2)))
 
 

@@ -34,6 +34,7 @@ from mbsnet.models import load_model
 from mbsnet.models import mamba as mamba_module
 from mbsnet.models import network as network_module
 from mbsnet.models.mamba import MambaBlock
+from mbsnet.models.scan import scan_implementation
 from mbsnet.train import batches, loop
 from mbsnet.train import checkpoint as ckpt
 from mbsnet.train import gan as gan_module
@@ -692,7 +693,7 @@ def test_cli_trains(manifest, tmp_path, capsys):
     assert summary["ablation"] == "abl1"
     assert summary["seed"] == 3
     assert summary["steps"] == 1
-    assert summary["scan"] == "chunked"  # the CPU's selective scan
+    assert summary["scan"] == scan_implementation(torch.device("cpu"))  # the CPU's scan
     assert "[abl1 seed3] done: 1 steps" in capsys.readouterr().out
 
 

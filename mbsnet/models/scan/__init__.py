@@ -20,11 +20,14 @@ implementation it runs:
   when its compiled extension ``selective_scan_cuda`` imports (:func:`mamba_ssm_probe`);
 - ``parallel`` (:mod:`mbsnet.models.scan.parallel`): a parallel prefix scan over time in a few
   large operations per call, CUDA's fallback (and as_coded's scan on CUDA);
+- ``native`` (:mod:`mbsnet.models.scan.native`): the recurrence as compiled loops, built
+  from C++ on first use with the system compiler, on the CPU;
 - ``chunked`` (:mod:`mbsnet.models.scan.chunked`): the step-by-step scan in cache-sized chunks
-  and sub-batches, on the CPU.
+  and sub-batches, on the CPU where the native scan cannot be built (and for the calls it
+  cannot run: not float32, meta tensors, inside a TorchDispatchMode).
 The PyTorch ones compute exact gradients and save no [batch, length, dim, d_state] tensor:
 backward recomputes the states. The environment variable ``MBSNET_SCAN`` = ``auto`` (the
-default) | ``mamba_ssm`` | ``parallel`` | ``chunked`` forces one.
+default) | ``mamba_ssm`` | ``parallel`` | ``native`` | ``chunked`` forces one.
 """
 
 from __future__ import annotations
@@ -39,14 +42,16 @@ import torch
 from ...device import autocast_off
 from .chunked import ChunkedScan
 from .modes import AS_CODED, EXACT, SCAN_MODES, check_mode
+from .native import NativeScan
+from .native import library as native_library
 from .parallel import ParallelScan
 
-__all__ = ["SCAN_MODES", "ChunkedScan", "ParallelScan", "mamba_ssm_probe", "scan_implementation",
-           "selective_scan", "selective_scan_reference"]
+__all__ = ["SCAN_MODES", "ChunkedScan", "NativeScan", "ParallelScan", "mamba_ssm_probe",
+           "scan_implementation", "selective_scan", "selective_scan_reference"]
 
 ENV_VAR = "MBSNET_SCAN"
-CHOICES = ("auto", "mamba_ssm", "parallel", "chunked")
-FUNCTIONS = {"chunked": ChunkedScan, "parallel": ParallelScan}
+CHOICES = ("auto", "mamba_ssm", "parallel", "native", "chunked")
+FUNCTIONS = {"chunked": ChunkedScan, "native": NativeScan, "parallel": ParallelScan}
 
 
 def selective_scan_reference(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
@@ -76,28 +81,45 @@ def selective_scan_reference(x: torch.Tensor, delta: torch.Tensor, A: torch.Tens
 
 def scan_implementation(device: torch.device, mode: str = EXACT) -> str:
     """The name of the scan :func:`selective_scan` runs on ``device`` in ``mode``:
-    ``mamba_ssm``, ``parallel`` or ``chunked`` (see the module docstring).
+    ``mamba_ssm``, ``parallel``, ``native`` or ``chunked`` (see the module docstring).
 
     Raises ValueError for an unknown mode or ``MBSNET_SCAN`` value, RuntimeError when
-    ``MBSNET_SCAN=mamba_ssm`` cannot run. On CUDA, the first fallback to ``parallel`` in
-    ``auto`` warns once (per reason) why the fused kernel is not used.
+    ``MBSNET_SCAN=mamba_ssm`` or ``native`` cannot run. In ``auto``, the first fallback (to
+    ``parallel`` on CUDA, ``chunked`` on the CPU) warns once per reason why.
     """
     check_mode(mode)
     device = torch.device(device)
     forced = _forced()
     if forced == "mamba_ssm":
-        if mode != EXACT:
-            raise RuntimeError(f"{ENV_VAR}=mamba_ssm cannot run mode {mode!r}: the fused "
-                               "kernel has no clamps; unset it or use parallel/chunked")
-        if device.type != "cuda":
-            raise RuntimeError(f"{ENV_VAR}=mamba_ssm needs CUDA tensors, got device {device}")
-        fn, reason = mamba_ssm_probe()
-        if fn is None:
-            raise RuntimeError(f"{ENV_VAR}=mamba_ssm, but mamba_ssm cannot run: {reason}")
-        return "mamba_ssm"
+        _check_mamba_ssm_can_run(device, mode)
+    elif forced == "native":
+        lib, reason = native_library()
+        if lib is None:
+            raise RuntimeError(f"{ENV_VAR}=native, but the native scan cannot run: {reason}")
     if forced != "auto":
         return forced
+    return _automatic(device, mode)
+
+
+def _check_mamba_ssm_can_run(device: torch.device, mode: str) -> None:
+    """Raise RuntimeError (naming MBSNET_SCAN) unless the forced fused kernel can run."""
+    if mode != EXACT:
+        raise RuntimeError(f"{ENV_VAR}=mamba_ssm cannot run mode {mode!r}: the fused "
+                           "kernel has no clamps; unset it or use parallel/chunked")
     if device.type != "cuda":
+        raise RuntimeError(f"{ENV_VAR}=mamba_ssm needs CUDA tensors, got device {device}")
+    fn, reason = mamba_ssm_probe()
+    if fn is None:
+        raise RuntimeError(f"{ENV_VAR}=mamba_ssm, but mamba_ssm cannot run: {reason}")
+
+
+def _automatic(device: torch.device, mode: str) -> str:
+    """The best scan that can run (``auto``), warning once per reason for a fallback."""
+    if device.type != "cuda":
+        lib, reason = native_library()
+        if lib is not None:
+            return "native"
+        _warn_fallback("chunked", f"the native scan cannot be built: {reason}")
         return "chunked"
     if mode == AS_CODED:
         reason = "as_coded clamps need the fallback"
@@ -105,7 +127,7 @@ def scan_implementation(device: torch.device, mode: str = EXACT) -> str:
         fn, reason = mamba_ssm_probe()
         if fn is not None:
             return "mamba_ssm"
-    _warn_fallback(reason)
+    _warn_fallback("parallel", f"not mamba_ssm's fused kernel: {reason}")
     return "parallel"
 
 
@@ -156,9 +178,9 @@ def _forced() -> str:
 
 
 @functools.cache
-def _warn_fallback(reason: str) -> None:
-    warnings.warn(f"selective scan on CUDA: using mbsnet's parallel scan, not mamba_ssm's "
-                  f"fused kernel ({reason})", RuntimeWarning, stacklevel=4)
+def _warn_fallback(name: str, reason: str) -> None:
+    warnings.warn(f"selective scan: using mbsnet's {name} scan ({reason})", RuntimeWarning,
+                  stacklevel=5)
 
 
 def _cuda_scan(x, delta, A, B, C, D):

@@ -144,7 +144,7 @@ def _recur(h0: torch.Tensor, decay: torch.Tensor, drive: torch.Tensor, h: torch.
             prev = torch.clamp(torch.addcmul(u_t, a_t, prev, out=p_t), -limit, limit, out=h_t)
 
 
-def _dispatch_mode_active() -> bool:
+def dispatch_mode_active() -> bool:
     """True inside a TorchDispatchMode (e.g. FlopCounterMode): such modes are per thread,
     so the scan must then stay in the calling thread for the mode to see its ops."""
     try:
@@ -165,7 +165,7 @@ def _in_parallel(work, parts: list[slice], new_buffer, device: torch.device) -> 
     """
     if not parts:
         return []
-    if device.type != "cpu" or _dispatch_mode_active():
+    if device.type != "cpu" or dispatch_mode_active():
         buffer = new_buffer()
         return [work(part, buffer) for part in parts]
 
