@@ -1,5 +1,8 @@
 """Benchmark the selective scan: mbsnet's against the old loop and mambapy's parallel scan.
 
+``mbsnet`` is the scan as the Mamba block calls it (on the CPU: the native scan, where it
+builds), ``chunked`` its PyTorch fallback on the CPU.
+
     python benchmarks/scan.py [--json FILE] [--quick]
     python benchmarks/scan.py --count-ops [--json FILE] [--quick] [--cpu-shape BxLxDxN]
 
@@ -45,7 +48,7 @@ THREADS = (1, 2)
 MODES = ("fwd", "fwd_bwd")
 # (warm-up runs, timed runs) per implementation, after a one-time warm-up on a tiny shape;
 # the old loop takes ~30 s per full-size run, so it gets no second full-size warm-up
-REPEATS = {"mbsnet": (1, 5), "mambapy": (1, 3), "upstream_loop": (0, 2)}
+REPEATS = {"mbsnet": (1, 5), "chunked": (1, 5), "mambapy": (1, 3), "upstream_loop": (0, 2)}
 QUICK_REPEATS = (1, 2)
 
 
@@ -82,7 +85,14 @@ def mbsnet_scan(x, delta, A, B, C, D):
     return selective_scan(x, delta, A, B, C, D)
 
 
-IMPLEMENTATIONS = {"mbsnet": mbsnet_scan, "upstream_loop": upstream_loop, "mambapy": mambapy_scan}
+def chunked_scan(x, delta, A, B, C, D):
+    from mbsnet.models.scan import ChunkedScan
+
+    return ChunkedScan.apply(x, delta, A, B, C, D, "exact")
+
+
+IMPLEMENTATIONS = {"mbsnet": mbsnet_scan, "chunked": chunked_scan, "upstream_loop": upstream_loop,
+                   "mambapy": mambapy_scan}
 
 SCAN_PATHS = {"chunked": "CPU default", "parallel": "CUDA default without mamba_ssm"}
 

@@ -912,3 +912,26 @@ def test_ablation_without_a_claim_has_empty_claim_cells(tmp_path):
     assert rows["abl1"].costs["claimed_params"] is None
     assert rows["abl1"].costs["params_ratio"] is None
     assert rows["bsrnn"].costs["params_ratio"] == pytest.approx(2_410_000 / 2_400_000)
+
+
+def test_health_lists_metrics_not_better_than_the_noisy_input(tmp_path):
+    from mbsnet.report.health import health
+    from mbsnet.report.loading import Results, Run, System
+
+    def scores(**means):
+        frame = pd.DataFrame({spec.name: [1.0, 1.0] for spec in METRIC_SPECS.values()})
+        for name, value in means.items():
+            frame[name] = [value - 0.5, value + 0.5]
+        frame["utt_id"] = ["a", "b"]
+        frame["error"] = ""
+        return frame
+
+    manifest = pd.DataFrame({"utt_id": ["a", "b"], "split": ["test", "test"]})
+    systems = {name: System(name, [Run(name, seed, tmp_path, frame)]) for name, seed, frame in (
+        ("noisy", None, scores(pesq_wb=1.3, si_sdr=7.56)),
+        ("good", 0, scores(pesq_wb=1.8, si_sdr=10.0, csig=2.0, cbak=2.0, covl=2.0, ssnr=2.0,
+                           stoi=2.0, estoi=2.0)),
+        ("as_coded", 0, scores(pesq_wb=1.5, si_sdr=6.19, csig=2.0, cbak=2.0, covl=2.0,
+                               ssnr=2.0, stoi=2.0, estoi=2.0)))}
+    found = health(Results(tmp_path, {}, manifest, systems)).not_better
+    assert found == [{"system": "as_coded", "seed": 0, "metrics": "SI-SDR 6.19 dB (noisy 7.56 dB)"}]

@@ -605,7 +605,7 @@ def test_benchmark_quick_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(out.read_text())
     has_mambapy = importlib.util.find_spec("mambapy") is not None
-    impls = {"mbsnet", "upstream_loop"} | ({"mambapy"} if has_mambapy else set())
+    impls = {"mbsnet", "chunked", "upstream_loop"} | ({"mambapy"} if has_mambapy else set())
     assert {r["implementation"] for r in rows} == impls
     assert {r["mode"] for r in rows} == {"fwd", "fwd_bwd"}
     assert {r["threads"] for r in rows} == {1, 2}

@@ -1,5 +1,6 @@
 """The report's health checks: missing pieces, skipped training steps, utterances whose
-metrics failed, resumed runs, pre-flight memory warnings and incomplete test coverage."""
+metrics failed, resumed runs, pre-flight memory warnings, incomplete test coverage and
+ablations that do not improve on the noisy input."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..metrics.registry import METRIC_SPECS
-from .loading import Missing, Results, Run, number
+from .loading import NOISY, Missing, Results, Run, number
 
 
 @dataclass
@@ -21,10 +22,11 @@ class Health:
     resumed: list[dict]                         # system, seed, times, detail
     memory: list[dict]                          # system, text
     coverage: list[str]                         # runs scoring fewer utterances than the test set
+    not_better: list[dict]                      # system, seed, metrics: means not above noisy
 
 
 def health(results: Results) -> Health:
-    out = Health([], [], [], [], [], [])
+    out = Health([], [], [], [], [], [], [])
     test_ids = None
     if isinstance(results.manifest, pd.DataFrame):
         test_ids = set(results.manifest.loc[results.manifest["split"] == "test", "utt_id"])
@@ -43,7 +45,32 @@ def health(results: Results) -> Health:
             else:
                 _metric_health(out, run, run.metrics, label, test_ids)
             _training_health(out, run)
+    _compare_with_noisy(out, results)
     return out
+
+
+def _compare_with_noisy(out: Health, results: Results) -> None:
+    """Each run's metrics whose mean is not better than the noisy input's."""
+    noisy = results.systems.get(NOISY)
+    if noisy is None or not isinstance(noisy.runs[0].metrics, pd.DataFrame):
+        return
+    reference = noisy.runs[0].metrics
+    for system in results.ablations:
+        for run in system.runs:
+            if not isinstance(run.metrics, pd.DataFrame):
+                continue
+            worse = []
+            for spec in METRIC_SPECS.values():
+                mean, base = run.metrics[spec.name].mean(), reference[spec.name].mean()
+                if not (np.isfinite(mean) and np.isfinite(base)):
+                    continue
+                if (mean <= base) if spec.higher_is_better else (mean >= base):
+                    unit = f" {spec.unit}" if spec.unit else ""
+                    worse.append(f"{spec.label} {mean:.{spec.decimals}f}{unit} "
+                                 f"(noisy {base:.{spec.decimals}f}{unit})")
+            if worse:
+                out.not_better.append({"system": run.system, "seed": run.seed,
+                                       "metrics": "; ".join(worse)})
 
 
 def _profile_warnings(profile: dict) -> list[str]:
