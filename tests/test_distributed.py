@@ -42,13 +42,16 @@ from .tiny_training import STRUCTURES, fixed_batch, read_log, tiny_config
 
 # Same weights up to float32 rounding, measured as |a - b| / |b| over all of a network's
 # weights (generator and discriminator each). Not 0: the pieces' losses are summed in
-# another order than the whole batch's mean (two half-batch means, averaged), which changes
-# the last bits of the gradients (measured: 4e-7 relative); Adam then carries them on, and
+# another order than the whole batch's mean (two half-batch means, averaged), and the matrix
+# products of another batch size round differently, which changes the last bits of the
+# gradients (measured for abl2's one step, whole batch against two micro-batches: 8.6e-7
+# relative with the chunked scan, 2.5e-6 with the native one, whose per-sequence results are
+# bitwise the same at any batch size); Adam then carries them on, and
 # as it scales every weight's step by that weight's own gradient history, a weight whose
 # gradient is near 0 can differ relatively much, so single near-zero tensors (biases
 # initialised at 0) are not compared alone. A logic error (a missing or doubled share, a
 # wrong dropout mask or power iteration) differs by 1e-3 or more.
-RELATIVE_TOLERANCE = 1e-6
+RELATIVE_TOLERANCE = 1e-5
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
                  "MASTER_PORT", "GROUP_RANK", "TORCHELASTIC_RUN_ID")
 

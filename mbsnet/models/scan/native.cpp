@@ -246,7 +246,7 @@ void backward(const Dims& s, i64 count, const float* x, const float* delta, cons
               float* gAt, float* gB, float* gC) {
   const i64 dim = s.dim, ns = s.nstate;
   std::vector<float> states(s.length * ns * dim), carry(ns * dim), dx(dim), su(dim), sp(dim),
-      sd(dim);
+      sd(dim), gA_seq(ns * dim);
   const StepSums sums{su.data(), sp.data(), sd.data()};
   std::memset(gAt, 0, sizeof(float) * ns * dim);
   for (i64 i = 0; i < count; ++i) {
@@ -254,13 +254,16 @@ void backward(const Dims& s, i64 count, const float* x, const float* delta, cons
     run_states<AsCoded>(s, x + xo, delta + xo, At, B + bo, C + bo, su.data(), 0, carry.data(),
                         states.data(), dx.data());
     std::fill(carry.begin(), carry.end(), 0.0f);
+    // A's gradient summed over this sequence's steps first, then over the sequences: two
+    // short sums, so micro-batches and thread splits change it by little more than rounding
+    std::fill(gA_seq.begin(), gA_seq.end(), 0.0f);
     for (i64 t = s.length - 1; t >= 0; --t) {
       const i64 to = xo + t * dim, tb = bo + t * ns;
       const float* xt = x + to;
       const float* dt = delta + to;
       prepare_step<AsCoded>(dt, xt, dx.data(), dim);
       backward_step<AsCoded>(s, t, xt, dt, At, B + tb, C + tb, g + to, states.data(), dx.data(),
-                             carry.data(), gAt, gB + tb, gC + tb, sums);
+                             carry.data(), gA_seq.data(), gB + tb, gC + tb, sums);
       float* gxt = gx + to;
       float* gdt = gdelta + to;
       over_channels(dim, [&](i64 d, auto m) __attribute__((always_inline)) {
@@ -276,6 +279,7 @@ void backward(const Dims& s, i64 count, const float* x, const float* delta, cons
         }
       });
     }
+    for (i64 k = 0; k < ns * dim; ++k) gAt[k] += gA_seq[k];
   }
 }
 
