@@ -85,10 +85,8 @@ def mbsnet_scan(x, delta, A, B, C, D):
     return selective_scan(x, delta, A, B, C, D)
 
 
-def chunked_scan(x, delta, A, B, C, D):
-    from mbsnet.models.scan import ChunkedScan
-
-    return ChunkedScan.apply(x, delta, A, B, C, D, "exact")
+def chunked_scan(*inputs):
+    return scan_function("chunked:exact")(*inputs)
 
 
 IMPLEMENTATIONS = {"mbsnet": mbsnet_scan, "chunked": chunked_scan, "upstream_loop": upstream_loop,

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..metrics.registry import METRIC_SPECS
+from .formatting import unit_suffix
 from .loading import NOISY, Missing, Results, Run, number
 
 
@@ -56,21 +57,23 @@ def _compare_with_noisy(out: Health, results: Results) -> None:
         return
     reference = noisy.runs[0].metrics
     for system in results.ablations:
-        for run in system.runs:
-            if not isinstance(run.metrics, pd.DataFrame):
-                continue
-            worse = []
-            for spec in METRIC_SPECS.values():
-                mean, base = run.metrics[spec.name].mean(), reference[spec.name].mean()
-                if not (np.isfinite(mean) and np.isfinite(base)):
-                    continue
-                if (mean <= base) if spec.higher_is_better else (mean >= base):
-                    unit = f" {spec.unit}" if spec.unit else ""
-                    worse.append(f"{spec.label} {mean:.{spec.decimals}f}{unit} "
-                                 f"(noisy {base:.{spec.decimals}f}{unit})")
+        for run in system.scored_runs:
+            worse = _not_better(run.metrics, reference)
             if worse:
                 out.not_better.append({"system": run.system, "seed": run.seed,
                                        "metrics": "; ".join(worse)})
+
+
+def _not_better(metrics: pd.DataFrame, reference: pd.DataFrame) -> list[str]:
+    """``SI-SDR 6.19 dB (noisy 7.56 dB)`` for each metric whose mean does not improve on the
+    reference's."""
+    texts = []
+    for spec in METRIC_SPECS.values():
+        mean, base = metrics[spec.name].mean(), reference[spec.name].mean()
+        if np.isfinite(mean) and np.isfinite(base) and not spec.better(mean - base):
+            d, unit = spec.decimals, unit_suffix(spec.name)
+            texts.append(f"{spec.label} {mean:.{d}f}{unit} (noisy {base:.{d}f}{unit})")
+    return texts
 
 
 def _profile_warnings(profile: dict) -> list[str]:
